@@ -1,0 +1,58 @@
+"""Command-line entry point: ``ablation <command>`` and ``python -m ablation <command>``.
+
+Each area registers its own subcommands (``register(subparsers)`` in ``ablation/<area>/cli.py``); a handler calls
+one library function. Handlers import torch lazily so ``ablation report`` works without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ablation.errors import AblationError
+
+# Modules that contribute subcommands, in help order.
+COMMAND_MODULES = (
+    "ablation.models.cli",
+    "ablation.data.cli",
+    "ablation.train.cli",
+    "ablation.grid.cli",
+    "ablation.report.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ablation", description="Skip-connection ablation studies for U-Net and UCTransNet."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name == name:  # that area is not part of this build
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+    except AblationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The run folder: its name, its files and its status. No torch import, so results can be read anywhere.
+
+A run folder holds (written in this order; every write is atomic)::
+
+    config.json         resolved RunConfig + "run_id", "run_name", "env" (packages, git commit, device,
+                        dataset fingerprint, splits file), written when the run starts
+    status.json         {"status": "running" | "failed: <reason>", "error": ..., "epoch": ...}
+    history.csv         one row per epoch: epoch, train_loss, val_loss, val_dice, lr, seconds
+    checkpoint_last.pt  resumable state (model, optimiser, scheduler, RNG, early-stopping state, epoch)
+    checkpoint_best.pt  best model on validation Dice (after TrainConfig.min_best_epoch)
+    test_metrics.csv    one row per test image: image, dice, iou, hd95 [, object_f1, object_dice, object_hausdorff]
+    masked_metrics.csv  optional: one row per (eval_skips, test image) of an all-skips model masked at test time
+    predictions.npz     optional: image (N,H,W,3) uint8, mask (N,H,W) uint8, pred (N,H,W) uint8, name (N,)
+    metrics.json        summary (see train.summarise), written last: a run is done exactly when it exists
+
+A run is identified by a hash of its resolved config; its folder name is readable and deterministic:
+``<dataset>_<connector>_<skips>_s<seed>_<split>_<hash8>`` where split is ``official`` or ``r<repeat>f<fold>``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ablation.config import RunConfig, to_dict
+from ablation.io import atomic_write_json, read_json, stable_hash
+
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+HISTORY_FILE = "history.csv"
+LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"
+TEST_METRICS_FILE = "test_metrics.csv"
+MASKED_METRICS_FILE = "masked_metrics.csv"
+PREDICTIONS_FILE = "predictions.npz"
+METRICS_FILE = "metrics.json"
+
+STATUSES = ("done", "failed", "running", "pending")
+
+# Settings that do not change what is computed (where and how fast), left out of a run's identity.
+_NOT_IDENTITY = {"train": ("eval_batch_size", "compile", "checkpoint_every"), "": ("data_root",)}
+
+
+def run_id(config: RunConfig) -> str:
+    """Hash of the resolved config, minus settings that do not change the result."""
+    data = to_dict(config)
+    for key in _NOT_IDENTITY[""]:
+        data.pop(key, None)
+    for key in _NOT_IDENTITY["train"]:
+        data["train"].pop(key, None)
+    return stable_hash(data, length=8)
+
+
+def _slug(text: str) -> str:
+    name = Path(text).name if ("/" in text or "\\" in text) else text
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", name).strip("-").lower() or "data"
+
+
+def split_name(config: RunConfig) -> str:
+    return "official" if config.fold is None else f"r{config.repeat}f{config.fold}"
+
+
+def run_name(config: RunConfig) -> str:
+    model = config.model
+    return (
+        f"{_slug(config.dataset)}_{model.connector}_{model.skips}_s{config.seed}_{split_name(config)}_"
+        f"{run_id(config)}"
+    )
+
+
+def run_status(run_dir: str | Path) -> str:
+    """``done`` (metrics.json exists), ``failed``, ``running`` (started, not finished) or ``pending``."""
+    run_dir = Path(run_dir)
+    if (run_dir / METRICS_FILE).exists():
+        return "done"
+    status_path = run_dir / STATUS_FILE
+    if status_path.exists():
+        try:
+            status = str(read_json(status_path).get("status", ""))
+        except (OSError, ValueError):
+            return "running"
+        return "failed" if status.startswith("failed") else "running"
+    return "pending"
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / STATUS_FILE
+    if not path.exists():
+        return {"status": run_status(run_dir)}
+    return read_json(path)
+
+
+def write_status(run_dir: str | Path, status: str, **extra: Any) -> None:
+    atomic_write_json(Path(run_dir) / STATUS_FILE, {"status": status, **extra})
+
+
+def find_runs(results_dir: str | Path) -> list[Path]:
+    """Every run folder (one holding config.json) below ``results_dir``, sorted by path."""
+    return sorted(p.parent for p in Path(results_dir).rglob(CONFIG_FILE))

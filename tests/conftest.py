@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_dir() -> Path:
+    return Path(os.environ.get("ABLATION_SHARED", REPO_ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The real GlaS/MoNuSeg folders beside the checkout; tests using this skip when they are absent."""
+    path = _shared_dir() / "datasets"
+    if not (path / "GlaS").is_dir() or not (path / "MoNuSeg").is_dir():
+        pytest.skip(f"real datasets not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_reference() -> Path:
+    path = _shared_dir() / "reference"
+    if not path.is_dir():
+        pytest.skip(f"reference facts not found at {path}")
+    return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
