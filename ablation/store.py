@@ -9,9 +9,14 @@ A run folder holds (written in this order; every write is atomic)::
     checkpoint_last.pt  resumable state (model, optimiser, scheduler, RNG, early-stopping state, epoch)
     checkpoint_best.pt  best model on validation Dice (after TrainConfig.min_best_epoch)
     test_metrics.csv    one row per test image: image, dice, iou, hd95 [, object_f1, object_dice, object_hausdorff]
-    masked_metrics.csv  optional: one row per (eval_skips, test image) of an all-skips model masked at test time
+    masked_metrics.csv  optional: one row per (eval_skips, test image) of an all-skips model masked at test time:
+                        eval_skips ("1011"), image, dice, iou, hd95 [, object metrics]
     predictions.npz     optional: image (N,H,W,3) uint8, mask (N,H,W) uint8, pred (N,H,W) uint8, name (N,)
-    metrics.json        summary (see train.summarise), written last: a run is done exactly when it exists
+    metrics.json        summary, written last: a run is done exactly when it exists. Keys: status ("done"),
+                        run_id, run_name, dataset, connector, skips, seed, fold, repeat, best_epoch, epochs_run,
+                        stopped_early, parameters, gflops, seconds, device, dice_mean, dice_std, iou_mean,
+                        iou_std, dice_micro, iou_micro (pooled over all test pixels), hd95_mean, and where the
+                        dataset has instance ids object_f1_mean, object_dice_mean, object_hausdorff_mean
 
 A run is identified by a hash of its resolved config; its folder name is readable and deterministic:
 ``<dataset>_<connector>_<skips>_s<seed>_<split>_<hash8>`` where split is ``official`` or ``r<repeat>f<fold>``.
