@@ -14,7 +14,6 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 	grep -v "^torch" requirements.txt > $(VENV)/requirements-notorch.txt
 	$(PY) -m pip install -q -r $(VENV)/requirements-notorch.txt
 	$(PY) -m pip install -q --no-deps -e .
-	$(PY) -m ipykernel install --user --name python3 >/dev/null 2>&1 || true
 	touch $@
 
 install: $(VENV)/.installed
