@@ -1,0 +1,380 @@
+"""Load a results folder into tidy pandas frames. No torch import: results can be read anywhere.
+
+Every run folder follows the contract in :mod:`ablation.store`. A run counts as done exactly when ``metrics.json``
+exists; failed and still-running runs are listed, not fatal. The per-image frame has one row per run x test image
+(``masking="retrained"``: the model was built and trained with that skip subset) plus, where a run wrote
+``masked_metrics.csv``, one row per runtime mask x test image of that all-skips model
+(``masking="test-time"``, ``skips`` = the mask). Metrics stay as fractions in [0, 1]; tables and findings show
+percentage points, as the UCTransNet paper (Wang et al., AAAI 2022) does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ablation.config import CONNECTORS
+from ablation.errors import AblationError
+from ablation.io import read_json
+from ablation.skips import ALL_SUBSETS, PAIR_SUBSETS, PAPER_SUBSETS, parse_skips, skip_label
+from ablation.store import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MASKED_METRICS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    TEST_METRICS_FILE,
+    find_runs,
+    read_status,
+    run_status,
+)
+
+RETRAINED = "retrained"
+TEST_TIME = "test-time"
+MASKINGS = (RETRAINED, TEST_TIME)
+
+IMAGE_METRICS = ("dice", "iou", "hd95", "object_f1", "object_dice", "object_hausdorff")
+KEY_COLUMNS = ("dataset", "connector", "skips", "seed", "split")
+IMAGE_COLUMNS = (
+    "run_id",
+    "run_name",
+    "dataset",
+    "connector",
+    "skips",
+    "skip_label",
+    "seed",
+    "repeat",
+    "fold",
+    "split",
+    "masking",
+    "image",
+)
+RUN_LIST_COLUMNS = ("run_name", "run_id", "path", "dataset", "connector", "skips", "seed", "split", "status")
+
+
+@dataclasses.dataclass
+class Results:
+    """Everything read from one results folder.
+
+    Attributes:
+        root: the results folder.
+        images: one row per run x test image (and per runtime mask x image for test-time masking); columns
+            ``IMAGE_COLUMNS`` plus whichever of ``IMAGE_METRICS`` the runs wrote.
+        runs: one row per done run: identity columns, ``path`` and every key of its metrics.json.
+        history: concatenated history.csv files (identity columns + epoch, train_loss, val_loss, val_dice, ...).
+        failed: failed runs with ``error`` and ``epoch`` from status.json.
+        incomplete: runs that started but have neither metrics.json nor a failed status.
+        missing: combinations of the expected grid without a done run, with their ``status``
+            (``absent``, ``failed``, ``running`` or ``pending``).
+        expected: the expected grid (one row per dataset, connector, skips, seed, split); see :func:`expected_grid`.
+    """
+
+    root: Path
+    images: pd.DataFrame
+    runs: pd.DataFrame
+    history: pd.DataFrame
+    failed: pd.DataFrame
+    incomplete: pd.DataFrame
+    missing: pd.DataFrame
+    expected: pd.DataFrame
+
+    @property
+    def datasets(self) -> list[str]:
+        return sorted(set(self.images["dataset"]) | set(self.expected["dataset"]))
+
+    @property
+    def metrics(self) -> list[str]:
+        return [m for m in IMAGE_METRICS if m in self.images.columns]
+
+    def filter(
+        self,
+        *,
+        dataset: str | list[str] | None = None,
+        connector: str | list[str] | None = None,
+        masking: str | list[str] | None = None,
+    ) -> Results:
+        """A copy restricted to the given dataset(s), connector(s) and masking(s); ``None`` keeps all."""
+        selection = {"dataset": dataset, "connector": connector, "masking": masking}
+        valid = {
+            "dataset": self.datasets,
+            "connector": list(CONNECTORS),
+            "masking": list(MASKINGS),
+        }
+        frames = {}
+        for field in ("images", "runs", "history", "failed", "incomplete", "missing", "expected"):
+            frame = getattr(self, field)
+            for key, wanted in selection.items():
+                if wanted is None:
+                    continue
+                wanted_list = [wanted] if isinstance(wanted, str) else list(wanted)
+                unknown = [w for w in wanted_list if w not in valid[key]]
+                if unknown:
+                    raise AblationError(
+                        f"unknown {key} {unknown[0]!r}: choose from {', '.join(map(str, valid[key]))}"
+                    )
+                if key in frame.columns:
+                    frame = frame[frame[key].isin(wanted_list)]
+            frames[field] = frame.reset_index(drop=True)
+        return Results(root=self.root, **frames)
+
+    def predictions(self, run_name: str) -> dict[str, Any] | None:
+        """The run's predictions.npz as a dict (image (N,H,W,3), mask (N,H,W), pred (N,H,W), name (N,)), or None."""
+        import numpy as np
+
+        row = self.runs[self.runs["run_name"] == run_name]
+        if row.empty:
+            raise AblationError(f"unknown run {run_name!r}: not a done run under {self.root}")
+        path = Path(row.iloc[0]["path"]) / PREDICTIONS_FILE
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+
+
+def dataset_name(text: str) -> str:
+    """A short name for a dataset: the name itself, or the last folder of a dataset path."""
+    return Path(text).name if ("/" in text or "\\" in text) else text
+
+
+def split_label(fold: Any, repeat: Any) -> str:
+    """``official`` for the layout's own split, else ``r<repeat>f<fold>`` (as in run folder names)."""
+    if fold is None or pd.isna(fold):
+        return "official"
+    return f"r{int(repeat or 0)}f{int(fold)}"
+
+
+def load_results(results_dir: str | Path) -> Results:
+    """Read every run folder below ``results_dir``.
+
+    Raises:
+        AblationError: if the folder does not exist or holds no run folder (one with config.json).
+    """
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise AblationError(f"results folder {root} does not exist")
+    run_dirs = find_runs(root)
+    if not run_dirs:
+        raise AblationError(f"no run folders (with {CONFIG_FILE}) found under {root}")
+
+    image_frames, history_frames, run_rows, failed_rows, incomplete_rows = [], [], [], [], []
+    for run_dir in run_dirs:
+        identity = _read_identity(run_dir)
+        status = run_status(run_dir)
+        if identity is None:
+            failed_rows.append(_run_row(run_dir, {}, "failed", error=f"unreadable {CONFIG_FILE}"))
+            continue
+        if status == "done":
+            try:
+                metrics, frames = _read_done_run(run_dir, identity)
+            except AblationError as error:
+                failed_rows.append(_run_row(run_dir, identity, "failed", error=str(error)))
+                continue
+            run_rows.append({**metrics, **identity, "path": str(run_dir)})
+            image_frames.extend(frames)
+            history = _read_history(run_dir, identity)
+            if history is not None:
+                history_frames.append(history)
+        elif status == "failed":
+            record = read_status(run_dir)
+            failed_rows.append(
+                _run_row(
+                    run_dir,
+                    identity,
+                    "failed",
+                    error=str(record.get("error") or record.get("status", "")),
+                    epoch=record.get("epoch"),
+                )
+            )
+        else:
+            record = read_status(run_dir) if status == "running" else {}
+            incomplete_rows.append(_run_row(run_dir, identity, status, epoch=record.get("epoch")))
+
+    images = _concat(image_frames, IMAGE_COLUMNS)
+    runs = pd.DataFrame(run_rows)
+    if runs.empty:
+        runs = pd.DataFrame(columns=[*RUN_LIST_COLUMNS[:-1], "repeat", "fold", "skip_label"])
+    failed = pd.DataFrame(failed_rows, columns=[*RUN_LIST_COLUMNS, "error", "epoch"])
+    incomplete = pd.DataFrame(incomplete_rows, columns=[*RUN_LIST_COLUMNS, "epoch"])
+    history = _concat(history_frames, (*KEY_COLUMNS, "run_name", "epoch"))
+    attempted = pd.concat(
+        [frame[list(KEY_COLUMNS) + ["status"]] for frame in (runs.assign(status="done"), failed, incomplete)],
+        ignore_index=True,
+    )
+    expected = expected_grid(attempted)
+    missing = _missing(expected, attempted)
+    return Results(
+        root=root,
+        images=images,
+        runs=runs,
+        history=history,
+        failed=failed,
+        incomplete=incomplete,
+        missing=missing,
+        expected=expected,
+    )
+
+
+def expected_grid(attempted: pd.DataFrame) -> pd.DataFrame:
+    """The grid the runs present imply: datasets x connectors x subsets x seeds x splits.
+
+    Datasets, seeds and splits are the union over all attempted runs. A connector's subsets are all 16 when its
+    runs use a pair subset or a subset outside the paper's Fig. 3 settings, the paper's 10 settings when its runs
+    use more than one of those, and otherwise the subsets it was run with (e.g. only "all" for a module ablation).
+
+    Args:
+        attempted: one row per run folder with columns dataset, connector, skips, seed, split.
+    """
+    columns = list(KEY_COLUMNS)
+    if attempted.empty:
+        return pd.DataFrame(columns=columns)
+    datasets = sorted(attempted["dataset"].dropna().unique())
+    seeds = sorted(int(s) for s in attempted["seed"].dropna().unique())
+    splits = sorted(attempted["split"].dropna().unique())
+    rows = []
+    for connector in [c for c in CONNECTORS if c in set(attempted["connector"])]:
+        used = set(attempted.loc[attempted["connector"] == connector, "skips"])
+        if used & set(PAIR_SUBSETS) or not used <= set(PAPER_SUBSETS):
+            subsets = list(ALL_SUBSETS)
+        elif len(used) > 1:
+            subsets = list(PAPER_SUBSETS)
+        else:
+            subsets = sorted(used)
+        for dataset, skips, seed, split in itertools.product(datasets, subsets, seeds, splits):
+            rows.append((dataset, connector, skips, seed, split))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _missing(expected: pd.DataFrame, attempted: pd.DataFrame) -> pd.DataFrame:
+    columns = [*KEY_COLUMNS, "status"]
+    if expected.empty:
+        return pd.DataFrame(columns=columns)
+    # A combination with any done run is complete; otherwise report the most advanced attempt.
+    order = {"done": 0, "running": 1, "failed": 2, "pending": 3}
+    best = (
+        attempted.assign(rank=attempted["status"].map(order))
+        .sort_values("rank")
+        .drop_duplicates(list(KEY_COLUMNS))[[*KEY_COLUMNS, "status"]]
+    )
+    merged = expected.merge(best, on=list(KEY_COLUMNS), how="left")
+    merged["status"] = merged["status"].fillna("absent")
+    return merged[merged["status"] != "done"].reset_index(drop=True)[columns]
+
+
+def _read_identity(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        config = read_json(run_dir / CONFIG_FILE)
+        model = config["model"]
+        fold = config.get("fold")
+        repeat = int(config.get("repeat") or 0)
+        skips = parse_skips(model["skips"])
+        return {
+            "run_id": str(config.get("run_id", run_dir.name)),
+            "run_name": str(config.get("run_name", run_dir.name)),
+            "dataset": dataset_name(str(config["dataset"])),
+            "connector": str(model["connector"]),
+            "skips": skips,
+            "skip_label": skip_label(skips),
+            "seed": int(config.get("seed", 0)),
+            "repeat": repeat,
+            "fold": None if fold is None else int(fold),
+            "split": split_label(fold, repeat),
+        }
+    except (OSError, ValueError, KeyError, TypeError, AblationError):
+        return None
+
+
+def _run_row(run_dir: Path, identity: dict[str, Any], status: str, **extra: Any) -> dict[str, Any]:
+    row = {key: identity.get(key) for key in RUN_LIST_COLUMNS}
+    row.update(run_name=identity.get("run_name", run_dir.name), path=str(run_dir), status=status, **extra)
+    return row
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise AblationError(f"cannot read {path}: {error}") from None
+    absent = [c for c in required if c not in frame.columns]
+    if absent:
+        raise AblationError(f"{path}: missing column {absent[0]!r} (expected {', '.join(required)})")
+    return frame
+
+
+def _read_done_run(run_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, Any], list[pd.DataFrame]]:
+    try:
+        metrics = read_json(run_dir / METRICS_FILE)
+    except (OSError, ValueError) as error:
+        raise AblationError(f"cannot read {run_dir / METRICS_FILE}: {error}") from None
+    test_path = run_dir / TEST_METRICS_FILE
+    if not test_path.exists():
+        raise AblationError(f"done run without {TEST_METRICS_FILE}: {run_dir}")
+    test = _read_csv(test_path, ("image", "dice", "iou"))
+    keep = ["image", *[m for m in IMAGE_METRICS if m in test.columns]]
+    frames = [test[keep].assign(**identity, masking=RETRAINED)]
+    masked_path = run_dir / MASKED_METRICS_FILE
+    if masked_path.exists():
+        masked = _read_csv(masked_path, ("eval_skips", "image", "dice", "iou"))
+        masked["eval_skips"] = [parse_skips(str(s).zfill(4)) for s in masked["eval_skips"]]
+        keep = ["image", *[m for m in IMAGE_METRICS if m in masked.columns]]
+        masked_identity = {k: v for k, v in identity.items() if k not in ("skips", "skip_label")}
+        frames.append(
+            masked[keep].assign(
+                **masked_identity,
+                skips=masked["eval_skips"].to_numpy(),
+                skip_label=[skip_label(s) for s in masked["eval_skips"]],
+                masking=TEST_TIME,
+            )
+        )
+    return metrics, frames
+
+
+def _read_history(run_dir: Path, identity: dict[str, Any]) -> pd.DataFrame | None:
+    path = run_dir / HISTORY_FILE
+    if not path.exists():
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+    if "epoch" not in frame.columns or frame.empty:
+        return None
+    return frame.assign(**{k: identity[k] for k in (*KEY_COLUMNS, "run_name", "skip_label")})
+
+
+def _concat(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:
+    if not frames:
+        return pd.DataFrame(columns=list(columns))
+    frame = pd.concat(frames, ignore_index=True)
+    first = [c for c in columns if c in frame.columns]
+    frame = frame[first + [c for c in frame.columns if c not in first]]
+    if "image" in frame.columns:
+        frame["image"] = frame["image"].astype(str)
+    return frame
+
+
+def replicate_means(images: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
+    """Per-run mean of ``metric``: one row per dataset, connector, masking, skips, seed and split (a replicate)."""
+    keys = ["dataset", "connector", "masking", "skips", "seed", "split"]
+    if images.empty:
+        return pd.DataFrame(columns=[*keys, metric])
+    return images.groupby(keys, as_index=False)[metric].mean()
+
+
+def image_means(images: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
+    """Per-image score averaged over seeds and splits: rows = test images, columns = skip subsets.
+
+    Pass the rows of one dataset, connector and masking; images are paired across subsets by name.
+    """
+    if images.empty:
+        return pd.DataFrame()
+    groups = images.groupby(["dataset", "connector", "masking"]).ngroups
+    if groups != 1:
+        raise AblationError(
+            f"image_means needs one dataset, connector and masking; got {groups} combinations"
+        )
+    table = images.pivot_table(index="image", columns="skips", values=metric, aggfunc="mean")
+    return table[[s for s in ALL_SUBSETS if s in table.columns]]

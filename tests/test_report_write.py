@@ -1,0 +1,84 @@
+"""write_report and ``ablation report``: every item written, gaps listed, bad input is one error line."""
+
+from __future__ import annotations
+
+import pytest
+
+from ablation.cli import main
+from ablation.report import write_report
+from ablation.report.fixtures import make_fake_results
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    make_fake_results(
+        root,
+        datasets=("glas", "synthetic-nuclei"),
+        connectors=("unet", "uctransnet"),
+        seeds=(0,),
+        folds=(0, 1),
+        n_images=6,
+        predictions=2,
+        history_epochs=3,
+        test_time_masks=True,
+        failed=[{"dataset": "glas", "skips": "0011", "fold": 0}],
+        missing=[{"dataset": "synthetic-nuclei", "skips": "1100"}],
+    )
+    return root, write_report(root, n_boot=200)
+
+
+def test_report_folder_has_tables_figures_stats_shapley_findings(report):
+    root, out = report
+    assert out == root / "report"
+    for name in ("README.md", "findings.md", "stats/summary.md", "shapley/shapley.md", "tables/gaps.csv"):
+        assert (out / name).is_file(), name
+    for dataset in ("glas", "synthetic-nuclei"):
+        for table in ("subsets", "skip_study", "modules", "test_time_masks"):
+            for suffix in ("md", "tex", "csv"):
+                assert (out / "tables" / f"{dataset}_{table}.{suffix}").is_file()
+        for figure in (
+            "unet_retrained_bars",
+            "unet_retrained_per_image",
+            "learning_curves",
+            "qualitative",
+            "unet_retrained_critical_difference",
+            "unet_test-time_bars",
+        ):
+            for suffix in ("png", "pdf"):
+                path = out / "figures" / f"{dataset}_{figure}.{suffix}"
+                assert path.is_file() and path.stat().st_size > 1000, path
+        for stat in ("vs_all", "vs_none", "bootstrap", "friedman_ranks", "best_stability"):
+            assert (out / "stats" / f"{dataset}_unet_retrained_{stat}.csv").is_file()
+    assert (out / "figures" / "heatmap.png").is_file()
+    # Both replicates of synthetic-nuclei lack L1+L2, so its retrained Shapley values are skipped; glas keeps one.
+    assert (out / "shapley" / "glas_unet_retrained_skips.csv").is_file()
+    assert not (out / "shapley" / "synthetic-nuclei_unet_retrained_skips.csv").exists()
+    assert (out / "shapley" / "synthetic-nuclei_unet_test-time_skips.csv").is_file()
+
+
+def test_readme_lists_everything_and_the_gaps(report):
+    _, out = report
+    readme = (out / "README.md").read_text()
+    for relative in ("tables/glas_skip_study.md", "figures/heatmap.png", "findings.md", "stats/summary.md"):
+        assert f"]({relative})" in readme
+    assert "- failed: `glas_unet_0011_s0_r0f0_" in readme and "non-finite loss" in readme
+    assert "- missing: synthetic-nuclei unet L1+L2 seed 0 r0f0" in readme
+    assert "skipped Shapley values synthetic-nuclei_unet_retrained" in readme
+    assert "Finding 1, GlaS: U-Net-none vs U-Net-all, Dice difference" in readme
+    findings = (out / "findings.md").read_text()
+    assert "Finding 3, synthetic-nuclei" in findings
+
+
+def test_cli_writes_report_to_chosen_folder(tmp_path, capsys):
+    root = tmp_path / "results"
+    make_fake_results(root, subsets=["0000", "1111", "0010"], folds=None, n_images=4, predictions=0)
+    assert main(["report", str(root), "--out", str(tmp_path / "r"), "--n-boot", "100"]) == 0
+    assert (tmp_path / "r" / "README.md").is_file()
+    assert "report written to" in capsys.readouterr().out
+
+
+def test_cli_bad_folder_is_one_error_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: results folder") and err.count("\n") == 1
