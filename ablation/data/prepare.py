@@ -1,0 +1,306 @@
+"""Resolve a dataset name, read it once, resize it to the run's size and cache the result. No torch import.
+
+Like the UCTransNet paper (Wang et al., AAAI 2022) every image is resized whole to ``img_size x img_size``
+(default 224): bilinear or bicubic for images, nearest for masks and instance ids. The prepared arrays are cached in
+one ``.npz`` file per (source files, size, interpolation) under the cache folder, so every run of a study trains on
+identical bytes and later runs decode no image at all.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ablation.data import readers, synthetic
+from ablation.errors import AblationError
+from ablation.io import atomic_write_bytes, fingerprint_files, stable_hash
+
+# Named datasets; anything else must be a folder in the reference layout (see ablation.data.readers).
+DATASETS: dict[str, str] = {
+    "glas": "GlaS gland segmentation (colon H&E), folder GlaS under the data root",
+    "monuseg": "MoNuSeg multi-organ nuclei segmentation (H&E), folder MoNuSeg under the data root",
+    "synthetic-nuclei": "generated H&E-like nuclei (many small dark blobs), no download needed",
+    "synthetic-glands": "generated H&E-like glands (large irregular glands with pale lumens), no download needed",
+}
+DATASET_FOLDERS = {"glas": "GlaS", "monuseg": "MoNuSeg"}
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+DEFAULT_IMG_SIZE = 224
+# Bump when the preparation code changes what it writes, so old cache files are not reused.
+PREPARE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    """One split's images, resized and ready to train on.
+
+    Attributes:
+        names: image names (file stems), in the order of the arrays.
+        images: ``uint8 (N, H, W, 3)`` RGB.
+        masks: ``uint8 (N, H, W)`` in {0, 1}.
+        instances: ``int32 (N, H, W)`` object ids (0 = background), or None where the source has none.
+    """
+
+    names: list[str]
+    images: np.ndarray
+    masks: np.ndarray
+    instances: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def select(self, names: list[str]) -> PreparedSplit:
+        """The samples called ``names``, in that order (unknown names raise AblationError)."""
+        index = {name: i for i, name in enumerate(self.names)}
+        missing = [name for name in names if name not in index]
+        if missing:
+            raise AblationError(f"unknown image names {missing[:5]}: not in this split")
+        rows = np.array([index[name] for name in names], dtype=np.int64)
+        instances = self.instances[rows] if self.instances is not None else None
+        return PreparedSplit(list(names), self.images[rows], self.masks[rows], instances)
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A dataset at one size.
+
+    Attributes:
+        name: the dataset name (``glas``, ``synthetic-nuclei``, ...) or the folder's name for a custom path.
+        fingerprint: hash of the source files (names, sizes, mtimes) and the preparation settings.
+        label_kind: ``instance`` when every split carries object ids, else ``binary``.
+        splits: ``train``, optional ``val``, ``test``.
+        source_fingerprint: hash of the source files alone (shared by all sizes; names the splits file).
+        source: the dataset folder, or None for generated data.
+        img_size: side of the square images.
+        interpolation: how images were resized (``bilinear`` or ``bicubic``).
+        original_sizes: per split, each source image's ``(width, height)``.
+        cache_dir: the cache folder it was loaded with (the splits file goes there too).
+    """
+
+    name: str
+    fingerprint: str
+    label_kind: str
+    splits: dict[str, PreparedSplit]
+    source_fingerprint: str = ""
+    source: Path | None = None
+    img_size: int = DEFAULT_IMG_SIZE
+    interpolation: str = "bilinear"
+    original_sizes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    cache_dir: Path | None = None
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("ABLATION_DATA", "data"))
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ABLATION_CACHE", Path(".cache") / "ablation"))
+
+
+def resolve_dataset(dataset: str, data_root: str | Path | None = None) -> Path | None:
+    """The folder a dataset name stands for (None for the generated datasets).
+
+    Raises:
+        AblationError: a named dataset whose folder is missing (saying how to get it), or a name that is neither
+            known nor an existing folder.
+    """
+    key = dataset.lower()
+    if key.startswith("synthetic-") and key in DATASETS:
+        return None
+    if key in DATASET_FOLDERS:
+        root = Path(data_root) if data_root is not None else default_data_root()
+        folder = root / DATASET_FOLDERS[key]
+        if not folder.is_dir():
+            layout = f"{key}-official"
+            raise AblationError(
+                f"dataset {key!r} not found at {folder}: download it and run `ablation data convert --from DIR "
+                f"--layout {layout} --to {folder}`, point $ABLATION_DATA (or data_root) at the folder holding "
+                f"{DATASET_FOLDERS[key]}/, or give the dataset as a folder path"
+            )
+        return folder
+    folder = Path(dataset).expanduser()
+    if folder.is_dir():
+        return folder
+    raise AblationError(
+        f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)} or give a folder in the reference "
+        "layout (<Split>_Folder/img + labelcol)"
+    )
+
+
+def load_prepared(
+    dataset: str,
+    *,
+    img_size: int = DEFAULT_IMG_SIZE,
+    data_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    interpolation: str = "bilinear",
+) -> PreparedDataset:
+    """Load a dataset resized to ``img_size x img_size``, from the cache when it was prepared before.
+
+    Args:
+        dataset: a name in :data:`DATASETS` or a folder in the reference layout.
+        img_size: side of the square images (the paper: 224).
+        data_root: where ``GlaS/`` and ``MoNuSeg/`` live; default ``$ABLATION_DATA`` or ``./data``.
+        cache_dir: where prepared files go; default ``$ABLATION_CACHE`` or ``./.cache/ablation``.
+        interpolation: ``bilinear`` or ``bicubic`` for images (masks always nearest).
+
+    Returns:
+        The prepared dataset; its splits hold ``uint8 (N, img_size, img_size, 3)`` images and
+        ``uint8 (N, img_size, img_size)`` masks in {0, 1}.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise AblationError(
+            f"unknown interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}"
+        )
+    if not isinstance(img_size, int) or img_size < 8:
+        raise AblationError(f"img_size must be an integer of at least 8, got {img_size!r}")
+    source = resolve_dataset(dataset, data_root)
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if source is None:
+        return _load_synthetic(dataset.lower(), img_size, cache_root)
+    layout = readers.scan_reference_layout(source)
+    files = [
+        path
+        for samples in layout.values()
+        for s in samples
+        for path in (s.image, s.label, s.instances)
+        if path
+    ]
+    source_fingerprint = fingerprint_files(files, root=source)
+    settings = {"source": source_fingerprint, "img_size": img_size, "interpolation": interpolation}
+    fingerprint = stable_hash({**settings, "version": PREPARE_VERSION}, length=16)
+    name = dataset.lower() if dataset.lower() in DATASET_FOLDERS else source.resolve().name
+    cache_file = cache_root / "prepared" / f"{_safe(name)}-{img_size}-{interpolation}-{fingerprint}.npz"
+    common = {
+        "source_fingerprint": source_fingerprint,
+        "source": source,
+        "img_size": img_size,
+        "cache_dir": cache_root,
+    }
+    if cache_file.is_file():
+        try:
+            return _read_cache(cache_file, name, fingerprint, interpolation, common)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache file is rebuilt below
+    prepared = _prepare(layout, name, fingerprint, img_size, interpolation, common)
+    _write_cache(cache_file, prepared)
+    return prepared
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "dataset"
+
+
+def _prepare(
+    layout: dict[str, list[readers.Sample]],
+    name: str,
+    fingerprint: str,
+    img_size: int,
+    interpolation: str,
+    common,
+) -> PreparedDataset:
+    # Resize each sample as soon as it is decoded, so full-resolution images never pile up in memory.
+    is_instance = any(s.instances is not None for samples in layout.values() for s in samples)
+    resized: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    sizes: dict[str, list[tuple[int, int]]] = {}
+    for split, samples in layout.items():
+        images, ids = [], []
+        sizes[split] = []
+        for sample in samples:
+            image, label = readers.read_sample(sample)
+            is_instance = is_instance or readers.has_instance_ids(label)
+            sizes[split].append((image.shape[1], image.shape[0]))
+            images.append(resize_image(image, img_size, interpolation))
+            ids.append(resize_label(label, img_size))
+        resized[split] = (np.stack(images), np.stack(ids))
+    # One label map with two or more ids makes every map an id map (a GlaS image with one gland holds {0, 1}).
+    splits = {
+        split: PreparedSplit(
+            [s.name for s in layout[split]], images, (ids > 0).astype(np.uint8), ids if is_instance else None
+        )
+        for split, (images, ids) in resized.items()
+    }
+    label_kind = "instance" if is_instance else "binary"
+    return PreparedDataset(
+        name, fingerprint, label_kind, splits, original_sizes=sizes, **common, interpolation=interpolation
+    )
+
+
+def resize_image(image: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """``uint8 (H, W, 3)`` -> ``uint8 (size, size, 3)`` (whole image, aspect ratio not kept, as in the paper)."""
+    if image.shape[:2] == (size, size):
+        return image
+    resized = Image.fromarray(image).resize((size, size), INTERPOLATIONS[interpolation])
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def resize_label(label: np.ndarray, size: int) -> np.ndarray:
+    """Label ids ``(H, W)`` -> ``int32 (size, size)`` with nearest-neighbour sampling (no blended ids)."""
+    if label.shape == (size, size):
+        return label.astype(np.int32)
+    resized = Image.fromarray(label.astype(np.int32), mode="I").resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(resized, dtype=np.int32)
+
+
+def _write_cache(path: Path, prepared: PreparedDataset) -> None:
+    arrays: dict[str, np.ndarray] = {"label_kind": np.array(prepared.label_kind)}
+    for split, data in prepared.splits.items():
+        arrays[f"{split}/names"] = np.array(data.names, dtype=str)
+        arrays[f"{split}/images"] = data.images
+        arrays[f"{split}/masks"] = data.masks
+        arrays[f"{split}/sizes"] = np.array(prepared.original_sizes[split], dtype=np.int64).reshape(-1, 2)
+        if data.instances is not None:
+            # uint16 halves the file; MoNuSeg's densest image holds well under 65536 nuclei.
+            wide = data.instances.max(initial=0) > np.iinfo(np.uint16).max
+            arrays[f"{split}/instances"] = data.instances if wide else data.instances.astype(np.uint16)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # uncompressed: every run reads it, and uint8 at 224 px is already small
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _read_cache(path: Path, name: str, fingerprint: str, interpolation: str, common) -> PreparedDataset:
+    splits: dict[str, PreparedSplit] = {}
+    sizes: dict[str, list[tuple[int, int]]] = {}
+    with np.load(path, allow_pickle=False) as data:
+        label_kind = str(data["label_kind"])
+        for split in readers.SPLIT_FOLDERS:
+            if f"{split}/names" not in data.files:
+                continue
+            instances = (
+                data[f"{split}/instances"].astype(np.int32) if f"{split}/instances" in data.files else None
+            )
+            names = [str(n) for n in data[f"{split}/names"]]
+            splits[split] = PreparedSplit(names, data[f"{split}/images"], data[f"{split}/masks"], instances)
+            sizes[split] = [(int(w), int(h)) for w, h in data[f"{split}/sizes"]]
+    return PreparedDataset(
+        name, fingerprint, label_kind, splits, original_sizes=sizes, interpolation=interpolation, **common
+    )
+
+
+def _load_synthetic(name: str, img_size: int, cache_dir: Path) -> PreparedDataset:
+    counts = synthetic.DEFAULT_COUNTS
+    kind = name.removeprefix("synthetic-")
+    splits: dict[str, PreparedSplit] = {}
+    for index, (split, count) in enumerate(counts.items()):
+        images, instances = synthetic.generate(kind, count=count, img_size=img_size, seed=index)
+        names = [f"{split}_{i + 1:03d}" for i in range(count)]
+        splits[split] = PreparedSplit(names, images, (instances > 0).astype(np.uint8), instances)
+    source_fingerprint = stable_hash(
+        {"name": name, "counts": counts, "version": synthetic.GENERATOR_VERSION}, 16
+    )
+    fingerprint = stable_hash({"source": source_fingerprint, "img_size": img_size}, length=16)
+    sizes = {split: [(img_size, img_size)] * len(data) for split, data in splits.items()}
+    return PreparedDataset(
+        name,
+        fingerprint,
+        "instance",
+        splits,
+        source_fingerprint=source_fingerprint,
+        img_size=img_size,
+        original_sizes=sizes,
+        cache_dir=cache_dir,
+    )

@@ -1,0 +1,209 @@
+"""Reading the reference layout and decoding image and label files. No torch import.
+
+The reference layout (used by the UCTransNet code, Wang et al., AAAI 2022, and by ``ablation data convert``)::
+
+    <root>/<Split>_Folder/img/<name>.<png|jpg|jpeg|tif|tiff|bmp>
+    <root>/<Split>_Folder/labelcol/<name>.png       mask: > 0 is foreground; ids > 1 kept as instance ids
+    <root>/<Split>_Folder/instances/<name>.png      optional 16-bit instance ids, preferred over labelcol ids
+
+with ``Split`` one of ``Train``, ``Val`` (optional) and ``Test``. Every problem with a file raises
+:class:`~ablation.errors.AblationError` naming that file.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ablation.errors import AblationError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+SPLIT_FOLDERS = {"train": "Train_Folder", "val": "Val_Folder", "test": "Test_Folder"}
+IMAGE_DIR = "img"
+LABEL_DIR = "labelcol"
+INSTANCE_DIR = "instances"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its labels on disk.
+
+    Attributes:
+        name: the image's stem, unique within the dataset's training pool and within its test set.
+        image: the RGB image file.
+        label: the mask file (> 0 is foreground).
+        instances: an optional 16-bit file of instance ids (0 = background).
+    """
+
+    name: str
+    image: Path
+    label: Path
+    instances: Path | None = None
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts ``train_2`` before ``train_10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def is_reference_layout(root: Path) -> bool:
+    return any((root / folder).is_dir() for folder in SPLIT_FOLDERS.values())
+
+
+def scan_reference_layout(root: str | Path) -> dict[str, list[Sample]]:
+    """List the samples of each split present under ``root``, checking that every image has a mask.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}`` (``val`` only when ``Val_Folder`` exists), each list in
+        natural name order.
+
+    Raises:
+        AblationError: a missing folder, an image without a mask or a mask without an image, two images with the
+            same name, or an empty split.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise AblationError(f"dataset folder {root} does not exist")
+    if not is_reference_layout(root):
+        raise AblationError(_not_reference_message(root))
+    layout: dict[str, list[Sample]] = {}
+    for split, folder in SPLIT_FOLDERS.items():
+        if (root / folder).is_dir():
+            layout[split] = _scan_split(root / folder)
+        elif split != "val":
+            raise AblationError(
+                f"{root / folder} is missing: a dataset needs Train_Folder and Test_Folder (Val_Folder optional)"
+            )
+    return layout
+
+
+def _not_reference_message(root: Path) -> str:
+    hint = "expected Train_Folder/ and Test_Folder/ with img/ and labelcol/ inside"
+    if (root / "Grade.csv").is_file() or any(root.glob("train_*_anno.bmp")):
+        hint = f"it looks like the official GlaS download: run `ablation data convert --from {root} --layout glas-official --to DIR`"
+    elif (root / "Tissue Images").is_dir() or any(root.glob("*.xml")):
+        hint = f"it looks like an official MoNuSeg download: run `ablation data convert --from {root} --layout monuseg-official --to DIR`"
+    return f"{root} is not in the reference layout: {hint}"
+
+
+def _scan_split(folder: Path) -> list[Sample]:
+    image_dir, label_dir = folder / IMAGE_DIR, folder / LABEL_DIR
+    for needed in (image_dir, label_dir):
+        if not needed.is_dir():
+            raise AblationError(f"{needed} is missing: each <Split>_Folder needs img/ and labelcol/")
+    images = _files_by_stem(image_dir)
+    labels = _files_by_stem(label_dir)
+    instance_dir = folder / INSTANCE_DIR
+    instances = _files_by_stem(instance_dir) if instance_dir.is_dir() else {}
+    if not images:
+        raise AblationError(f"{image_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    for stem, path in images.items():
+        if stem not in labels:
+            raise AblationError(f"image {path} has no mask: expected {label_dir / (stem + '.png')}")
+    for stem, path in {**labels, **instances}.items():
+        if stem not in images:
+            raise AblationError(f"mask {path} has no image: expected {image_dir / stem}.<png|jpg|tif|bmp>")
+    return [
+        Sample(stem, images[stem], labels[stem], instances.get(stem))
+        for stem in sorted(images, key=natural_key)
+    ]
+
+
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        if path.stem in files:
+            raise AblationError(f"{files[path.stem]} and {path} have the same name: keep one")
+        files[path.stem] = path
+    return files
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode an image file; every decoder failure becomes an AblationError naming the file."""
+    try:
+        # Pillow warns about damaged metadata it can skip; the pixels either decode or raise below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                image.load()
+                return image
+    except FileNotFoundError:
+        raise AblationError(f"file {path} does not exist") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise AblationError(f"cannot read image file {path}: {error}") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError) as error:
+        raise AblationError(f"cannot read image file {path}: {error}") from None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB image as ``uint8 (H, W, 3)`` (alpha dropped, grey and palette images expanded)."""
+    image = open_image(path)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale down rather than clip
+        array = np.asarray(image, dtype=np.float64)
+        peak = max(float(array.max()), 1.0)
+        image = Image.fromarray(np.round(array * (255.0 / peak)).astype(np.uint8))
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_label(path: Path) -> np.ndarray:
+    """A label image as ``int32 (H, W)``: 0 background, other values foreground (ids or 1/255).
+
+    Colour label images count any non-zero channel as foreground (their colours are not taken as ids).
+    """
+    image = open_image(path)
+    if image.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+        array = np.asarray(image.convert("RGB"))
+        return (array.max(axis=2) > 0).astype(np.int32)
+    if image.mode == "P":
+        image = image.convert("L")
+    if image.mode == "LA":
+        image = image.getchannel("L")
+    return np.asarray(image).astype(np.int32)
+
+
+def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one sample's image ``uint8 (H, W, 3)`` and label ids ``int32 (H, W)``, checking their sizes match.
+
+    The ids come from ``sample.instances`` when present, else from the label file; a label file with only
+    {0, 255} or {0, 1} carries no instance information (see :func:`has_instance_ids`).
+    """
+    image = read_image(sample.image)
+    label = read_label(sample.label)
+    _check_size(image, label, sample.label, sample.image)
+    if sample.instances is not None:
+        ids = read_label(sample.instances)
+        _check_size(image, ids, sample.instances, sample.image)
+        if not np.array_equal(ids > 0, label > 0):
+            raise AblationError(
+                f"instance map {sample.instances} does not cover the same pixels as {sample.label}"
+            )
+        label = ids
+    return image, label
+
+
+def _check_size(image: np.ndarray, label: np.ndarray, label_path: Path, image_path: Path) -> None:
+    if label.shape != image.shape[:2]:
+        raise AblationError(
+            f"mask {label_path} is {label.shape[1]}x{label.shape[0]} but its image {image_path.name} is "
+            f"{image.shape[1]}x{image.shape[0]} (width x height)"
+        )
+
+
+def has_instance_ids(label: np.ndarray) -> bool:
+    """Whether a label map distinguishes objects: two or more distinct non-zero values."""
+    values = np.unique(label)
+    return int((values != 0).sum()) >= 2
