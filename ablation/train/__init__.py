@@ -1,0 +1,25 @@
+"""Training and evaluation of one run (UCTransNet protocol, Wang et al., AAAI 2022). See docs/training.md.
+
+Public API: :func:`train_run`, :class:`RunFailed`, :func:`evaluate_checkpoint`; metrics in
+:mod:`ablation.train.metrics` (numpy/scipy only). Names resolve lazily so that ``ablation.train.cli`` and
+``ablation.train.metrics`` import without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "train_run": "ablation.train.loop",
+    "RunFailed": "ablation.train.loop",
+    "evaluate_checkpoint": "ablation.train.evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ablation.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,0 +1,169 @@
+"""Predicting and scoring a test set with a trained model (ours or a reference checkpoint).
+
+Inputs follow the reference code of UCTransNet (Wang et al., AAAI 2022): RGB uint8 scaled to [0, 1] with no
+mean/std normalisation; the reference code reads images with OpenCV, so its released checkpoints expect BGR
+(``bgr=True``). A pixel is foreground when sigmoid(logit) > threshold.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ablation.errors import AblationError
+from ablation.io import atomic_write_bytes, atomic_write_text
+from ablation.train.device import DeviceSetup, autocast, setup_device, to_memory_format
+from ablation.train.metrics import evaluate_predictions
+
+
+def to_input(images: torch.Tensor, setup: DeviceSetup, *, bgr: bool = False) -> torch.Tensor:
+    """Images on the device -> the model's float input.
+
+    Args:
+        images: (B, 3, H, W) uint8 RGB, or float RGB already in [0, 1] (as ``augment_batch`` returns).
+        bgr: reverse the channels for models trained on OpenCV-read images.
+
+    Returns:
+        (B, 3, H, W) float32 in [0, 1], channels_last when the setup asks for it.
+    """
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
+    if bgr:
+        images = images.flip(1)
+    return to_memory_format(images, setup)
+
+
+def logit_threshold(threshold: float) -> float:
+    """The logit above which sigmoid(logit) > threshold (thresholding logits skips the sigmoid)."""
+    if not 0.0 < threshold < 1.0:
+        raise AblationError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+    return math.log(threshold / (1.0 - threshold))
+
+
+@torch.no_grad()
+def predict_masks(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    setup: DeviceSetup,
+    *,
+    batch_size: int = 16,
+    threshold: float = 0.5,
+    bgr: bool = False,
+) -> np.ndarray:
+    """Binary predictions of a whole split, batched on the device, copied to the host once.
+
+    Args:
+        model: returns logits (B, 1, H, W); put in eval mode here.
+        images: (N, H, W, 3) uint8 RGB.
+
+    Returns:
+        (N, H, W) uint8 in {0, 1}.
+    """
+    model.eval()
+    cut = logit_threshold(threshold)
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start : start + batch_size]).to(setup.device, non_blocking=True)
+        with autocast(setup):
+            logits = model(to_input(batch.permute(0, 3, 1, 2), setup, bgr=bgr))
+        outputs.append((logits[:, 0].float() > cut).to(torch.uint8))
+    return torch.cat(outputs).cpu().numpy()
+
+
+def write_metrics_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write metric rows (dicts with the same keys) as CSV, atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["image"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_predictions(
+    path: str | Path, names: list[str], images: np.ndarray, masks: np.ndarray, preds: np.ndarray
+):
+    """predictions.npz: image (N,H,W,3), mask (N,H,W), pred (N,H,W) uint8 and name (N,), written atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, image=images.astype(np.uint8), mask=masks.astype(np.uint8), pred=preds.astype(np.uint8),
+        name=np.array(names, dtype=str),
+    )  # fmt: skip
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_any_checkpoint(
+    path: Path, img_size: int | None, device: torch.device
+) -> tuple[torch.nn.Module, int, str]:
+    """Our checkpoint_best.pt / checkpoint_last.pt or a reference checkpoint -> (model, img_size, kind)."""
+    from ablation.config import RunConfig, from_dict
+    from ablation.models import build_model, load_reference_checkpoint
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a reference pickle that needs more than weights_only; the loader decides
+        state = None
+    if isinstance(state, dict) and "config" in state and "model" in state:
+        config = from_dict(RunConfig, state["config"])
+        if img_size is not None and img_size != config.model.img_size:
+            config = dataclasses.replace(config, model=dataclasses.replace(config.model, img_size=img_size))
+        model = build_model(config.model)
+        model.load_state_dict(state["model"])
+        return model.to(device), config.model.img_size, "ours"
+    size = img_size if img_size is not None else 224
+    model = load_reference_checkpoint(path, img_size=size)
+    return model.to(device), size, "reference"
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    root: str,
+    *,
+    split: str = "test",
+    bgr: bool | None = None,
+    img_size: int | None = None,
+    device: str | None = None,
+    batch_size: int = 16,
+    threshold: float = 0.5,
+    out_csv: str | Path | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Score a checkpoint on one split of a dataset.
+
+    Args:
+        checkpoint: our ``checkpoint_best.pt`` (the run config is stored inside) or a reference checkpoint.
+        root: a dataset name or a folder in the reference layout.
+        split: ``train``, ``val`` or ``test``.
+        bgr: feed BGR; None follows the model's ``channel_order`` (reference checkpoints: BGR, ours: RGB).
+        img_size: evaluation size; default the checkpoint's training size (224 for reference checkpoints).
+        out_csv: where to write the per-image rows (optional).
+
+    Returns:
+        ``(rows, summary)`` as :func:`ablation.train.metrics.evaluate_predictions`.
+    """
+    from ablation.data import load_prepared
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise AblationError(f"checkpoint {path} not found")
+    setup = setup_device(device, precision="fp32" if device == "cpu" else "auto")
+    model, size, _ = _load_any_checkpoint(path, img_size, setup.device)
+    model = to_memory_format(model, setup)
+    prepared = load_prepared(root, img_size=size)
+    if split not in prepared.splits:
+        raise AblationError(
+            f"split {split!r} not in dataset {root!r}: choose one of {', '.join(prepared.splits)}"
+        )
+    data = prepared.splits[split]
+    if bgr is None:
+        bgr = getattr(model, "channel_order", "RGB") == "BGR"
+    preds = predict_masks(model, data.images, setup, batch_size=batch_size, threshold=threshold, bgr=bgr)
+    rows, summary = evaluate_predictions(preds, data.masks, data.instances, names=list(data.names))
+    if out_csv is not None:
+        write_metrics_csv(out_csv, rows)
+    return rows, summary

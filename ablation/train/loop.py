@@ -1,0 +1,409 @@
+"""One training run, end to end: the protocol of UCTransNet (Wang et al., AAAI 2022) on one split.
+
+Adam (lr 1e-3) with CosineAnnealingWarmRestarts(T_0=10, T_mult=1, eta_min=1e-4) stepped once per epoch, loss
+0.5 * BCE + 0.5 * soft Dice (:mod:`ablation.train.losses`), early stopping on the validation Dice with patience 50,
+the best model kept only after epoch 5, then the best model scored on the test set (:mod:`ablation.train.metrics`).
+Every number is a :class:`ablation.config.TrainConfig` field.
+
+The run folder follows :mod:`ablation.store`: every file is written atomically and ``metrics.json`` last.
+``checkpoint_last.pt`` holds everything a killed run needs to continue exactly where the checkpoint was taken:
+weights, optimiser and scheduler, the global torch RNGs (dropout) and the run's own generator (batch order and
+augmentation), the early-stopping state with the best weights so far, and the history.
+
+Speed: the training split lives on the device as uint8; batches are gathered by index with the run's generator,
+augmented on the device, and cast there. The step never waits for the host: losses accumulate in a device
+tensor that is read once per epoch, which is also when non-finite losses are detected.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ablation.config import RunConfig, TrainConfig, to_dict
+from ablation.errors import AblationError
+from ablation.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    environment_record,
+    read_json,
+)
+from ablation.skips import ALL_SUBSETS
+from ablation.store import (
+    BEST_CHECKPOINT,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LAST_CHECKPOINT,
+    MASKED_METRICS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    TEST_METRICS_FILE,
+    run_id,
+    run_name,
+    write_status,
+)
+from ablation.train.device import (
+    DeviceSetup,
+    autocast,
+    determinism,
+    maybe_compile,
+    setup_device,
+    to_memory_format,
+)
+from ablation.train.evaluate import (
+    logit_threshold,
+    predict_masks,
+    to_input,
+    write_metrics_csv,
+    write_predictions,
+)
+from ablation.train.losses import segmentation_loss
+from ablation.train.metrics import EPSILON, evaluate_predictions
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+
+
+class RunFailed(AblationError):
+    """A run stopped without a result (e.g. a non-finite loss); its status.json says why."""
+
+
+def train_run(
+    config: RunConfig, out_dir: str | Path, *, device: str | torch.device | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Train, select on validation, score on test; resume from ``checkpoint_last.pt`` when the folder has one.
+
+    Args:
+        config: the resolved run configuration.
+        out_dir: the run folder (conventionally ``<results>/<ablation.store.run_name(config)>``).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or None (CUDA when available).
+        progress: show a tqdm bar (epoch, loss, validation Dice).
+
+    Returns:
+        The content of ``metrics.json`` (returned as is when the run is already done).
+
+    Raises:
+        RunFailed: a non-finite loss; ``status.json`` holds ``failed: non-finite loss at epoch E``.
+        AblationError: bad input (unknown dataset, a folder that belongs to another config, ...).
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / METRICS_FILE).exists():
+        return read_json(out_dir / METRICS_FILE)
+    setup = setup_device(device, precision=config.train.precision, channels_last=config.train.channels_last)
+    with determinism(config.train.deterministic):
+        try:
+            return _train(config, out_dir, setup, progress)
+        except RunFailed:
+            raise
+        except Exception as error:
+            if (out_dir / CONFIG_FILE).exists():  # started: record why it stopped (it stays resumable)
+                write_status(out_dir, f"failed: {type(error).__name__}: {error}")
+            raise
+
+
+def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool) -> dict[str, Any]:
+    from ablation.data import load_prepared, run_splits
+    from ablation.data.augment import augment_batch
+    from ablation.models import build_model, model_summary
+
+    cfg = config.train
+    started = time.perf_counter()
+    prepared = load_prepared(config.dataset, img_size=config.model.img_size, data_root=config.data_root)
+    train, val, test, record = run_splits(
+        prepared, fold=config.fold, repeat=config.repeat, num_folds=config.num_folds
+    )
+    _write_config(out_dir, config, setup, prepared.fingerprint, record)
+
+    torch.manual_seed(config.seed)  # weight init and dropout
+    model = to_memory_format(build_model(config.model).to(setup.device), setup)
+    step_model = maybe_compile(model, setup, cfg.compile)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=setup.is_cuda
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=cfg.scheduler_t0, T_mult=cfg.scheduler_t_mult, eta_min=cfg.scheduler_eta_min
+    )
+    # The run's own stream for batch order and augmentation, independent of the global RNG used for init.
+    generator = torch.Generator(device=setup.device).manual_seed(_derived_seed(config.seed, "data"))
+    train_images, train_masks = _to_device(train, setup)
+    val_images, val_masks = _to_device(val, setup)
+
+    state = {"epoch": 0, "best_dice": -math.inf, "best_epoch": 0, "best_model": None, "history": []}
+    if (out_dir / LAST_CHECKPOINT).exists():
+        state = _load_checkpoint(
+            out_dir / LAST_CHECKPOINT, config, model, optimizer, scheduler, generator, setup
+        )
+        _write_history(out_dir, state["history"])
+    previous_seconds = sum(row["seconds"] for row in state["history"])  # epochs trained before a resume
+    write_status(out_dir, "running", epoch=state["epoch"])
+
+    bar = tqdm(total=cfg.max_epochs, initial=state["epoch"], desc=run_name(config), disable=not progress)
+    stopped_early = False
+    for epoch in range(state["epoch"] + 1, cfg.max_epochs + 1):
+        epoch_start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = _train_epoch(step_model, optimizer, train_images, train_masks, generator, setup, cfg,
+                                  augment_batch if cfg.augment else None)  # fmt: skip
+        scheduler.step()
+        val_loss, val_dice = _validate(step_model, val_images, val_masks, setup, cfg)
+        train_loss, val_loss, val_dice = torch.stack(
+            [train_loss, val_loss, val_dice]
+        ).tolist()  # the one sync
+        if not math.isfinite(train_loss) or not math.isfinite(val_loss):
+            bar.close()
+            reason = f"failed: non-finite loss at epoch {epoch}"
+            write_status(out_dir, reason, epoch=epoch, train_loss=str(train_loss), val_loss=str(val_loss))
+            raise RunFailed(f"run {out_dir.name}: non-finite loss at epoch {epoch}")
+        seconds = time.perf_counter() - epoch_start
+        state["history"].append(
+            dict(zip(HISTORY_COLUMNS, (epoch, train_loss, val_loss, val_dice, lr, seconds)))
+        )
+        _write_history(out_dir, state["history"])
+        state["epoch"] = epoch
+        if epoch > cfg.min_best_epoch and val_dice > state["best_dice"]:
+            state.update(best_dice=val_dice, best_epoch=epoch, best_model=_clone_state(model))
+        stopped_early = state["best_epoch"] > 0 and epoch - state["best_epoch"] > cfg.patience
+        if stopped_early or epoch % cfg.checkpoint_every == 0 or epoch == cfg.max_epochs:
+            _save_checkpoint(out_dir / LAST_CHECKPOINT, config, model, optimizer, scheduler, generator, state)
+            write_status(out_dir, "running", epoch=epoch)
+        bar.set_postfix(
+            loss=f"{train_loss:.4f}", val_dice=f"{val_dice:.4f}", best=state["best_epoch"], refresh=False
+        )
+        bar.update(1)
+        if stopped_early:
+            break
+    bar.close()
+
+    if state["best_model"] is None:  # no epoch after min_best_epoch: fall back to the final weights
+        state.update(best_dice=state["history"][-1]["val_dice"], best_epoch=state["epoch"])
+        state["best_model"] = _clone_state(model)
+    best = {"model": state["best_model"], "config": to_dict(config), "epoch": state["best_epoch"]}
+    _save(out_dir / BEST_CHECKPOINT, {**best, "val_dice": state["best_dice"], "run_id": run_id(config)})
+    model.load_state_dict(state["best_model"])
+
+    summary = _evaluate_test(model, test, setup, cfg, out_dir)
+    result = {
+        "status": "done",
+        "run_id": run_id(config),
+        "run_name": run_name(config),
+        "dataset": config.dataset,
+        "connector": config.model.connector,
+        "skips": config.model.skips,
+        "seed": config.seed,
+        "fold": config.fold,
+        "repeat": config.repeat,
+        "best_epoch": state["best_epoch"],
+        "best_val_dice": state["best_dice"],
+        "epochs_run": state["epoch"],
+        "stopped_early": stopped_early,
+        **model_summary(config.model),
+        # Wall time of this session (set-up, training, evaluation) plus the epochs of earlier sessions.
+        "seconds": previous_seconds + time.perf_counter() - started,
+        "device": setup.name,
+        **summary,
+    }
+    write_status(out_dir, "done", epoch=state["epoch"])
+    atomic_write_json(out_dir / METRICS_FILE, result)  # last: the run is done exactly when this exists
+    return result
+
+
+def _train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    generator: torch.Generator,
+    setup: DeviceSetup,
+    cfg: TrainConfig,
+    augment: Any,
+) -> torch.Tensor:
+    """One pass over the training split in a random order; returns the mean batch loss as a device scalar.
+
+    Args:
+        images: (N, 3, H, W) uint8 on the device.
+        masks: (N, 1, H, W) uint8 on the device.
+        augment: ``augment_batch(images, masks, generator)`` or None.
+    """
+    model.train()
+    count = images.shape[0]
+    order = torch.randperm(count, generator=generator, device=setup.device)
+    loss_sum = torch.zeros((), device=setup.device)
+    for start in range(0, count, cfg.batch_size):
+        index = order[start : start + cfg.batch_size]
+        batch_images, batch_masks = images[index], masks[index]
+        if augment is not None:
+            batch_images, batch_masks = augment(batch_images, batch_masks, generator)
+        with autocast(setup):
+            logits = model(to_input(batch_images, setup))
+        loss = segmentation_loss(logits, batch_masks, cfg.bce_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * index.numel()
+    return loss_sum / count
+
+
+@torch.no_grad()
+def _validate(
+    model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, setup: DeviceSetup, cfg: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean per-image loss and Dice (the paper's formula at the threshold) as device scalars."""
+    model.eval()
+    cut = logit_threshold(cfg.threshold)
+    loss_sum = torch.zeros((), device=setup.device)
+    dice_sum = torch.zeros((), device=setup.device)
+    for start in range(0, images.shape[0], cfg.eval_batch_size):
+        batch_masks = masks[start : start + cfg.eval_batch_size]
+        with autocast(setup):
+            logits = model(to_input(images[start : start + cfg.eval_batch_size], setup))
+        loss_sum += segmentation_loss(logits, batch_masks, cfg.bce_weight, per_image=True).sum()
+        pred = (logits.float() > cut).flatten(1)  # (B, H*W)
+        truth = batch_masks.flatten(1).bool()
+        intersection = (pred & truth).sum(1)
+        dice_sum += (2.0 * intersection / (pred.sum(1) + truth.sum(1) + EPSILON)).sum()
+    return loss_sum / images.shape[0], dice_sum / images.shape[0]
+
+
+def _evaluate_test(
+    model: torch.nn.Module, test: Any, setup: DeviceSetup, cfg: TrainConfig, out_dir: Path
+) -> dict[str, float]:
+    """Score the best model on the test split; write test_metrics.csv, predictions.npz, masked_metrics.csv."""
+    options = {"batch_size": cfg.eval_batch_size, "threshold": cfg.threshold}
+    preds = predict_masks(model, test.images, setup, **options)
+    rows, summary = evaluate_predictions(preds, test.masks, test.instances, names=list(test.names))
+    write_metrics_csv(out_dir / TEST_METRICS_FILE, rows)
+    keep = min(cfg.save_predictions, len(test.names))
+    if keep > 0:
+        names = list(test.names[:keep])
+        write_predictions(
+            out_dir / PREDICTIONS_FILE, names, test.images[:keep], test.masks[:keep], preds[:keep]
+        )
+    # Runtime masking only makes sense for a model that was trained with every skip (see ARCHITECTURE.md).
+    if cfg.test_time_masks and getattr(model, "skips", None) == "1111":
+        masked_rows = []
+        for spec in ALL_SUBSETS:
+            model.set_test_time_mask(spec)
+            masked = predict_masks(model, test.images, setup, **options)
+            spec_rows, _ = evaluate_predictions(masked, test.masks, test.instances, names=list(test.names))
+            masked_rows += [{"eval_skips": spec, **row} for row in spec_rows]
+        model.set_test_time_mask(None)
+        write_metrics_csv(out_dir / MASKED_METRICS_FILE, masked_rows)
+    return summary
+
+
+def _to_device(split: Any, setup: DeviceSetup) -> tuple[torch.Tensor, torch.Tensor]:
+    """A PreparedSplit's arrays as (N, 3, H, W) and (N, 1, H, W) uint8 tensors on the device."""
+    images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2).contiguous()
+    masks = torch.from_numpy(np.ascontiguousarray(split.masks))[:, None]
+    return images.to(setup.device), masks.to(setup.device)
+
+
+def _derived_seed(seed: int, purpose: str) -> int:
+    """A seed for one purpose, decorrelated from ``seed`` itself (which seeds the global RNG)."""
+    return int(np.random.SeedSequence([seed, sum(map(ord, purpose))]).generate_state(1)[0])
+
+
+def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # A device-side copy: no host transfer, no synchronisation.
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def _write_config(
+    out_dir: Path, config: RunConfig, setup: DeviceSetup, fingerprint: str, record: dict
+) -> None:
+    """config.json at the start of a run; a resumed run keeps the original but must have the same identity."""
+    path = out_dir / CONFIG_FILE
+    if path.exists():
+        existing = read_json(path).get("run_id")
+        if existing != run_id(config):
+            raise AblationError(
+                f"{path} belongs to run {existing}, not {run_id(config)}: use another output folder"
+            )
+        return
+    env = {**environment_record(), "device": setup.name, "dataset_fingerprint": fingerprint, "splits": record}
+    atomic_write_json(
+        path, {"run_id": run_id(config), "run_name": run_name(config), **to_dict(config), "env": env}
+    )
+
+
+def _write_history(out_dir: Path, history: list[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(out_dir / HISTORY_FILE, buffer.getvalue())
+
+
+def _save(path: Path, obj: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _rng_states(generator: torch.Generator) -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if generator.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(generator.device)
+    return states
+
+
+def _save_checkpoint(
+    path: Path,
+    config: RunConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generator: torch.Generator,
+    state: dict[str, Any],
+) -> None:
+    """checkpoint_last.pt: everything to continue after ``state["epoch"]`` exactly as if never stopped."""
+    _save(
+        path,
+        {
+            "run_id": run_id(config),
+            "config": to_dict(config),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_states(generator),
+            **state,
+        },
+    )
+
+
+def _load_checkpoint(
+    path: Path,
+    config: RunConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generator: torch.Generator,
+    setup: DeviceSetup,
+) -> dict[str, Any]:
+    """Restore a checkpoint_last.pt into the given objects; returns the early-stopping state and history."""
+    try:
+        saved = torch.load(path, map_location=setup.device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises several types for damaged files
+        raise AblationError(
+            f"cannot read checkpoint {path} ({error}): delete it to restart the run"
+        ) from None
+    if saved.get("run_id") != run_id(config):
+        raise AblationError(f"checkpoint {path} belongs to run {saved.get('run_id')}, not {run_id(config)}")
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"]["torch"].cpu())
+    generator.set_state(saved["rng"]["generator"].cpu())
+    if setup.is_cuda and "cuda" in saved["rng"]:
+        torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), setup.device)
+    keys = ("epoch", "best_dice", "best_epoch", "best_model", "history")
+    return {key: copy.copy(saved[key]) for key in keys}

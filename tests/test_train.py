@@ -1,0 +1,242 @@
+"""One training run end to end on tiny synthetic data: files, determinism, resume, failure, CLI."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ablation import store
+from ablation.cli import main
+from ablation.config import ModelConfig, RunConfig, TrainConfig
+from ablation.io import read_json
+from ablation.train import loop
+from ablation.train.loop import RunFailed, train_run
+from ablation.train.metrics import dice_iou, hd95, object_metrics
+
+METRICS_KEYS = (
+    "status run_id run_name dataset connector skips seed fold repeat best_epoch epochs_run stopped_early parameters "
+    "gflops seconds device dice_mean dice_std iou_mean iou_std dice_micro iou_micro hd95_mean object_f1_mean "
+    "object_dice_mean object_hausdorff_mean"
+).split()
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def tiny_config(seed: int = 0, connector: str = "unet", **train: object) -> RunConfig:
+    options = {"max_epochs": 3, "min_best_epoch": 0, "checkpoint_every": 2, "save_predictions": 4, **train}
+    return RunConfig(
+        dataset="synthetic-nuclei",
+        seed=seed,
+        model=ModelConfig(connector=connector, base_channels=4, img_size=32),
+        train=TrainConfig(**options),
+    )
+
+
+def _without_time(metrics: dict) -> dict:
+    return {key: value for key, value in metrics.items() if key != "seconds"}
+
+
+def _history(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / store.HISTORY_FILE) as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+def _best_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / store.BEST_CHECKPOINT, weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, Path, dict]:
+    """A 3-epoch UCTransNet run with test-time masks, shared by the tests below."""
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ABLATION_CACHE", str(cache))
+        config = tiny_config(connector="uctransnet", test_time_masks=True)
+        run_dir = tmp_path_factory.mktemp("runs") / store.run_name(config)
+        return config, run_dir, train_run(config, run_dir, device="cpu", progress=False)
+
+
+def test_tiny_run_writes_every_file(reference_run: tuple[RunConfig, Path, dict]) -> None:
+    config, run_dir, metrics = reference_run
+    for name in (
+        store.CONFIG_FILE, store.STATUS_FILE, store.HISTORY_FILE, store.LAST_CHECKPOINT, store.BEST_CHECKPOINT,
+        store.TEST_METRICS_FILE, store.MASKED_METRICS_FILE, store.PREDICTIONS_FILE, store.METRICS_FILE,
+    ):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    assert store.run_status(run_dir) == "done"
+    assert read_json(run_dir / store.METRICS_FILE) == metrics
+    assert set(METRICS_KEYS) <= set(metrics)
+    assert metrics["run_id"] == store.run_id(config) and metrics["epochs_run"] == 3
+    assert 0.0 <= metrics["dice_mean"] <= 1.0 and metrics["parameters"] > 0
+
+    recorded = read_json(run_dir / store.CONFIG_FILE)
+    assert recorded["run_name"] == store.run_name(config) and recorded["model"]["connector"] == "uctransnet"
+    assert {"packages", "git_commit", "device", "dataset_fingerprint", "splits"} <= set(recorded["env"])
+    assert recorded["env"]["splits"]["test"]
+
+    with open(run_dir / store.HISTORY_FILE) as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[0]["lr"]) == pytest.approx(1e-3) and float(rows[1]["lr"]) < 1e-3  # cosine, per epoch
+
+    with open(run_dir / store.MASKED_METRICS_FILE) as handle:
+        masked = list(csv.DictReader(handle))
+    assert len({row["eval_skips"] for row in masked}) == 16
+    assert len(masked) == 16 * metrics["num_test_images"]
+
+    best = torch.load(run_dir / store.BEST_CHECKPOINT, weights_only=True)
+    assert best["epoch"] == metrics["best_epoch"] and best["config"]["seed"] == 0
+    last = torch.load(run_dir / store.LAST_CHECKPOINT, weights_only=True)
+    assert {"model", "optimizer", "scheduler", "rng", "history", "best_model", "epoch"} <= set(last)
+
+
+def test_test_metrics_match_an_independent_computation(reference_run: tuple[RunConfig, Path, dict]) -> None:
+    _, run_dir, metrics = reference_run
+    saved = np.load(run_dir / store.PREDICTIONS_FILE)
+    assert saved["image"].shape == (4, 32, 32, 3) and saved["pred"].shape == (4, 32, 32)
+    with open(run_dir / store.TEST_METRICS_FILE) as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == metrics["num_test_images"]
+    assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(metrics["dice_mean"])
+    for index, name in enumerate(saved["name"]):
+        row = next(r for r in rows if r["image"] == name)
+        pred, mask = saved["pred"][index], saved["mask"][index]
+        intersection = np.logical_and(pred, mask).sum()
+        assert float(row["dice"]) == pytest.approx(2 * intersection / (pred.sum() + mask.sum() + 1e-5))
+        assert float(row["iou"]) == pytest.approx(dice_iou(pred, mask)[1])
+        assert float(row["hd95"]) == pytest.approx(hd95(pred, mask))
+        assert "object_f1" in row  # synthetic-nuclei carries instance ids
+        assert np.isfinite(object_metrics(pred, mask)["object_dice"])
+
+
+def test_finished_run_is_not_retrained(reference_run: tuple[RunConfig, Path, dict], monkeypatch) -> None:
+    config, run_dir, metrics = reference_run
+    monkeypatch.setattr(loop, "_train", lambda *a, **k: pytest.fail("a done run must not train again"))
+    assert train_run(config, run_dir, device="cpu", progress=False) == metrics
+
+
+def test_same_seed_same_metrics_different_seed_differs(tmp_path: Path) -> None:
+    first = train_run(tiny_config(seed=1), tmp_path / "a", device="cpu", progress=False)
+    again = train_run(tiny_config(seed=1), tmp_path / "b", device="cpu", progress=False)
+    other = train_run(tiny_config(seed=2), tmp_path / "c", device="cpu", progress=False)
+    assert _without_time(first) == _without_time(again)
+    assert _history(tmp_path / "a") == _history(tmp_path / "b")
+    assert _without_time(first)["dice_mean"] != _without_time(other)["dice_mean"]
+    assert _history(tmp_path / "a") != _history(tmp_path / "c")
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path, monkeypatch) -> None:
+    config = tiny_config(seed=3, max_epochs=4, checkpoint_every=2)
+    uninterrupted = train_run(config, tmp_path / "whole", device="cpu", progress=False)
+
+    # Kill the second run during epoch 3's validation: the last checkpoint is from epoch 2, so the resumed run
+    # has to redo epoch 3 from the saved RNG, optimiser, scheduler and data-generator states.
+    real_validate, calls = loop._validate, []
+
+    def crashing_validate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_validate", crashing_validate)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_run(config, tmp_path / "split", device="cpu", progress=False)
+    assert store.run_status(tmp_path / "split") == "failed"
+    assert torch.load(tmp_path / "split" / store.LAST_CHECKPOINT, weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(loop, "_validate", real_validate)
+    resumed = train_run(config, tmp_path / "split", device="cpu", progress=False)
+
+    assert _without_time(resumed) == _without_time(uninterrupted)
+    assert _history(tmp_path / "split") == _history(tmp_path / "whole")
+    whole, split = _best_weights(tmp_path / "whole"), _best_weights(tmp_path / "split")
+    assert all(torch.equal(whole[key], split[key]) for key in whole)
+
+
+def test_resume_refuses_a_folder_of_another_run(tmp_path: Path) -> None:
+    train_run(tiny_config(seed=4, max_epochs=1), tmp_path / "run", device="cpu", progress=False)
+    (tmp_path / "run" / store.METRICS_FILE).unlink()
+    with pytest.raises(loop.AblationError, match="belongs to run"):
+        train_run(tiny_config(seed=5, max_epochs=1), tmp_path / "run", device="cpu", progress=False)
+
+
+def test_non_finite_loss_fails_the_run(tmp_path: Path, monkeypatch) -> None:
+    real_loss = loop.segmentation_loss
+
+    def nan_after_first_epoch(logits, targets, *args, **kwargs):
+        loss = real_loss(logits, targets, *args, **kwargs)
+        return loss * float("nan") if len(read_history) else loss
+
+    read_history: list[int] = []
+    real_write = loop._write_history
+    monkeypatch.setattr(loop, "_write_history", lambda d, h: (read_history.append(1), real_write(d, h)))
+    monkeypatch.setattr(loop, "segmentation_loss", nan_after_first_epoch)
+    with pytest.raises(RunFailed, match="non-finite loss at epoch 2"):
+        train_run(tiny_config(), tmp_path / "run", device="cpu", progress=False)
+    status = read_json(tmp_path / "run" / store.STATUS_FILE)
+    assert status["status"] == "failed: non-finite loss at epoch 2"
+    assert store.run_status(tmp_path / "run") == "failed"
+    assert not (tmp_path / "run" / store.METRICS_FILE).exists()
+
+
+def test_cli_huge_learning_rate_exits_non_zero(tmp_path: Path, capsys) -> None:
+    code = main(
+        ["train", "--dataset", "synthetic-nuclei", "--base-channels", "4", "--img-size", "32", "--epochs", "3",
+         "--set", "train.lr=1e30", "--set", "train.augment=false", "--quiet", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code != 0
+    assert "non-finite loss at epoch" in capsys.readouterr().err
+    (run_dir,) = store.find_runs(tmp_path)
+    assert store.read_status(run_dir)["status"].startswith("failed: non-finite loss at epoch")
+
+
+def test_cli_train_then_evaluate(tmp_path: Path, capsys) -> None:
+    config_file = tmp_path / "run.toml"
+    config_file.write_text(
+        'seed = 7\n[train]\nmin_best_epoch = 0\nsave_predictions = 0\n[model]\nskips = "L1+L3"\n'
+    )
+    code = main(
+        ["train", "--dataset", "synthetic-glands", "--connector", "cca", "--base-channels", "4", "--img-size",
+         "32", "--epochs", "2", "--config", str(config_file), "--quiet", "--out", str(tmp_path / "results")]
+    )  # fmt: skip
+    assert code == 0
+    (run_dir,) = store.find_runs(tmp_path / "results")
+    assert run_dir.name.startswith("synthetic-glands_cca_1010_s7_official_")
+    assert not (run_dir / store.PREDICTIONS_FILE).exists()
+    metrics = read_json(run_dir / store.METRICS_FILE)
+    out_csv = tmp_path / "eval.csv"
+    code = main(
+        ["evaluate", "--checkpoint", str(run_dir / store.BEST_CHECKPOINT), "--root", "synthetic-glands",
+         "--device", "cpu", "--out", str(out_csv)]
+    )  # fmt: skip
+    assert code == 0
+    assert out_csv.read_text() == (run_dir / store.TEST_METRICS_FILE).read_text()
+    assert f"{metrics['dice_mean']:.4f}" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_input(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--set", "train.nope=1", "--out", str(tmp_path)]) == 2
+    assert "unknown config key 'train.nope'" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.toml"), "--out", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--root", "synthetic-nuclei"]) == 2
+
+
+def test_real_monuseg_small_run(shared_datasets: Path, tmp_path: Path) -> None:
+    config = dataclasses.replace(
+        tiny_config(max_epochs=1, save_predictions=0),
+        dataset="monuseg",
+        data_root=str(shared_datasets),
+    )
+    metrics = train_run(config, tmp_path / "run", device="cpu", progress=False)
+    assert metrics["num_test_images"] == 14 and "object_f1_mean" not in metrics  # MoNuSeg: binary labels
+    assert metrics["dataset"] == "monuseg"
