@@ -88,7 +88,9 @@ def test_data_modules_except_augment_do_not_import_torch() -> None:
 
 def test_load_prepared_resizes_and_binarises(tmp_path: Path) -> None:
     written = write_reference(tmp_path / "ds", {"train": 4, "val": 2, "test": 3})
-    prepared = load_prepared(str(tmp_path / "ds"), img_size=16, cache_dir=tmp_path / "cache")
+    prepared = load_prepared(
+        str(tmp_path / "ds"), img_size=16, cache_dir=tmp_path / "cache", interpolation="bilinear"
+    )
     assert prepared.name == "ds" and prepared.label_kind == "binary"
     assert {split: len(data) for split, data in prepared.splits.items()} == {"train": 4, "val": 2, "test": 3}
     train = prepared.splits["train"]
@@ -102,6 +104,31 @@ def test_load_prepared_resizes_and_binarises(tmp_path: Path) -> None:
     rows = np.floor((np.arange(16) + 0.5) * 16 / 16).astype(int)
     cols = np.floor((np.arange(16) + 0.5) * 20 / 16).astype(int)
     assert np.array_equal(train.masks[0], label[np.ix_(rows, cols)])
+
+
+def test_reference_interpolation_matches_an_independent_opencv_style_resize(tmp_path: Path) -> None:
+    # OpenCV INTER_LINEAR: output pixel i samples source position (i + 0.5) * in / out - 0.5, clamped at the
+    # borders, blending the two neighbours linearly; masks are resized as 0/255 and thresholded at > 0.
+    written = write_reference(tmp_path / "ds", {"train": 2, "test": 1}, size=(20, 16))
+    prepared = load_prepared(str(tmp_path / "ds"), img_size=8, cache_dir=tmp_path / "cache")
+    image, label = written["train"]["train1"]
+
+    def resize_1d(values: np.ndarray, out: int, axis: int) -> np.ndarray:
+        size = values.shape[axis]
+        result = []
+        for i in range(out):
+            position = min(max((i + 0.5) * size / out - 0.5, 0.0), size - 1)
+            low = int(np.floor(position))
+            high = min(low + 1, size - 1)
+            weight = position - low
+            a, b = np.take(values, low, axis=axis), np.take(values, high, axis=axis)
+            result.append(a * (1 - weight) + b * weight)
+        return np.stack(result, axis=axis)
+
+    expected = resize_1d(resize_1d(image.astype(np.float64), 8, 0), 8, 1)
+    assert np.abs(prepared.splits["train"].images[0].astype(np.float64) - expected).max() <= 1.0
+    blended = resize_1d(resize_1d((label > 0).astype(np.float64) * 255, 8, 0), 8, 1)
+    assert np.array_equal(prepared.splits["train"].masks[0], (np.rint(blended) >= 1).astype(np.uint8))
 
 
 def test_native_size_keeps_pixels_and_instance_ids(tmp_path: Path) -> None:
@@ -262,7 +289,9 @@ def test_unknown_names_list_the_choices(tmp_path: Path) -> None:
         AblationError, match="unknown dataset 'nope': choose one of glas, monuseg, synthetic-nuclei"
     ):
         load_prepared("nope", img_size=16, cache_dir=tmp_path)
-    with pytest.raises(AblationError, match="unknown interpolation 'area': choose one of bilinear, bicubic"):
+    with pytest.raises(
+        AblationError, match="unknown interpolation 'area': choose one of reference, bilinear, bicubic"
+    ):
         load_prepared("synthetic-nuclei", img_size=16, cache_dir=tmp_path, interpolation="area")
     assert set(DATASETS) == {"glas", "monuseg", "synthetic-nuclei", "synthetic-glands"}
 

@@ -33,7 +33,8 @@ def test_glas_counts_binary_masks_and_instance_ids(glas: PreparedDataset, shared
     assert glas.label_kind == "instance"
     for split in glas.splits.values():
         assert split.images.shape[1:] == (32, 32, 3) and set(np.unique(split.masks)) <= {0, 1}
-        assert np.array_equal(split.masks, (split.instances > 0).astype(np.uint8))
+        # The reference-style mask resize only thickens foreground relative to nearest-resized ids.
+        assert np.all(split.masks >= (split.instances > 0))
     assert 0.4 < glas.splits["train"].masks.mean() < 0.6
     # The ids of the label file survive (nearest resizing), not just the foreground.
     label = np.asarray(Image.open(shared_datasets / "GlaS" / "Test_Folder" / "labelcol" / "1.png"))
