@@ -1,0 +1,189 @@
+"""``ablation run``, ``ablation status`` and ``ablation demo``: thin wrappers over :mod:`ablation.grid`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ablation.errors import AblationError
+
+if TYPE_CHECKING:
+    from ablation.config import RunConfig
+
+    from .runner import RunState
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEMO_SPEC = REPO_ROOT / "experiments" / "demo.toml"
+DEMO_OUT = "results/demo"
+
+
+def _demo_workers() -> int:
+    """One single-threaded worker per core (up to 8): tiny runs gain nothing from several threads each, and
+    on a busy 2-core machine two threads per run were measured up to 20x slower per epoch than one."""
+    from .local import available_cores
+
+    return max(1, min(available_cores(), 8))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="run an experiment grid (skips finished runs, resumes interrupted ones)",
+        description="Expand an experiment spec into runs and execute those not done yet. Failed runs are "
+        "retried on every invocation unless --skip-failed is given.",
+    )
+    run.add_argument("spec", help="experiment spec (TOML), e.g. experiments/paper_skip_study.toml")
+    run.add_argument("--out", help="results folder (default: the spec's 'out', results/<name>)")
+    run.add_argument(
+        "--dry-run", action="store_true", help="list every run with its status and totals; run none"
+    )
+    run.add_argument(
+        "--only",
+        action="append",
+        metavar="FILTER",
+        help="keep runs matching a substring or glob of the run name, or key=value (dataset, connector, skips, "
+        "seed, fold, repeat, split, run_id); repeat or separate by commas to combine",
+    )
+    run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, else 1 in-process)")
+    run.add_argument("--workers-per-gpu", type=int, default=1, help="workers sharing each GPU (default: 1)")
+    run.add_argument("--gpus", help="GPU ids to use, e.g. 0,1 (default: every visible GPU)")
+    run.add_argument(
+        "--backend", choices=("local", "ray"), default="local", help="scheduler (default: local)"
+    )
+    run.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray instance)")
+    run.add_argument(
+        "--storage", help="results folder shared by every Ray node (same path everywhere); replaces --out"
+    )
+    run.add_argument("--cpus-per-run", type=int, default=1, help="CPUs each Ray task reserves (default: 1)")
+    run.add_argument("--pack-size", type=int, help="runs per packed unit (overrides the spec's pack_size)")
+    run.add_argument("--skip-failed", action="store_true", help="leave runs that failed before as failed")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(handler=run_command)
+
+    status = subparsers.add_parser(
+        "status", help="list the runs of a results folder: done, running, failed (with error), pending"
+    )
+    status.add_argument("results_dir", help="the grid's results folder")
+    status.add_argument("--spec", help="the experiment spec, to list its runs that have not started")
+    status.add_argument("--only", action="append", metavar="FILTER", help="as for `ablation run`")
+    status.add_argument(
+        "--quiet", action="store_true", help="print only failed and running runs and the totals"
+    )
+    status.set_defaults(handler=status_command)
+
+    demo = subparsers.add_parser(
+        "demo", help="run experiments/demo.toml (tiny models, synthetic data) and write its report"
+    )
+    demo.add_argument("--out", default=DEMO_OUT, help=f"results folder (default: {DEMO_OUT})")
+    demo.add_argument("--workers", type=int, help="worker processes (default: one per core, at most 8)")
+    demo.add_argument("--no-report", action="store_true", help="only run the grid")
+    demo.set_defaults(handler=demo_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from .runner import grid_status, run_grid
+    from .spec import expand_spec, load_spec
+
+    spec = load_spec(args.spec)
+    configs = _selected(expand_spec(spec), args.only)
+    if args.out and args.storage and Path(args.out).resolve() != Path(args.storage).resolve():
+        raise AblationError(
+            "--out and --storage name different folders: give one (--storage for Ray clusters)"
+        )
+    results_dir = Path(args.storage or args.out or spec.out)
+    if args.dry_run:
+        _print_states(grid_status(results_dir, configs), results_dir, quiet=False)
+        return 0
+    from .local import parse_gpus
+
+    summary = run_grid(
+        configs,
+        results_dir,
+        backend=args.backend,
+        workers=args.workers,
+        gpus=parse_gpus(args.gpus),
+        workers_per_gpu=args.workers_per_gpu,
+        ray_address=args.ray_address,
+        cpus_per_run=args.cpus_per_run,
+        pack_size=args.pack_size or spec.pack_size,
+        retry_failed=not args.skip_failed,
+        progress=not args.no_progress,
+        spec_name=spec.name,
+    )
+    print(summary.format())
+    return summary.exit_code
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from .runner import grid_status
+    from .spec import expand_spec
+
+    results_dir = Path(args.results_dir)
+    if args.spec is None:
+        if not results_dir.is_dir():
+            raise AblationError(f"results folder not found: {results_dir}")
+        if args.only:
+            raise AblationError("--only needs --spec (filters match run configs)")
+    configs = _selected(expand_spec(args.spec), args.only) if args.spec else None
+    states = grid_status(results_dir, configs)
+    if not states:
+        print(f"no runs in {results_dir} (give --spec to list the runs a spec would add)")
+        return 0
+    _print_states(states, results_dir, quiet=args.quiet)
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from .runner import run_grid
+    from .spec import load_spec
+
+    if not DEMO_SPEC.is_file():
+        raise AblationError(
+            f"demo spec not found at {DEMO_SPEC}: `ablation demo` runs from a source checkout "
+            "(git clone, then make demo); elsewhere use `ablation run <spec>`"
+        )
+    spec = load_spec(DEMO_SPEC)
+    started = time.time()
+    workers = args.workers or _demo_workers()
+    summary = run_grid(
+        spec.expand(), args.out, workers=workers, pack_size=spec.pack_size, spec_name=spec.name
+    )
+    print(summary.format())
+    if not args.no_report:
+        report = _write_report(Path(args.out))
+        if report is not None:
+            print(f"report: {report}")
+    print(f"demo finished in {time.time() - started:.0f} s")
+    return summary.exit_code
+
+
+def _write_report(results_dir: Path) -> Path | None:
+    try:
+        from ablation.report import write_report
+    except ImportError as error:  # the report area is optional in a partial build
+        print(f"no report: the report module cannot be imported ({error})")
+        return None
+    return write_report(results_dir)
+
+
+def _selected(configs: list[RunConfig], filters: list[str] | None) -> list[RunConfig]:
+    from .spec import select_runs
+
+    selected = select_runs(configs, filters)
+    if not selected:
+        raise AblationError(f"no run matches --only {' '.join(filters or [])!r}")
+    return selected
+
+
+def _print_states(states: list[RunState], results_dir: Path, *, quiet: bool) -> None:
+    for state in states:
+        if quiet and state.status not in ("failed", "running"):
+            continue
+        detail = f"  ({state.detail})" if state.detail else ""
+        print(f"{state.status:<8} {state.name}{detail}")
+    counts = Counter(state.status for state in states)
+    totals = ", ".join(f"{counts.get(kind, 0)} {kind}" for kind in ("done", "running", "failed", "pending"))
+    print(f"{len(states)} runs in {results_dir}: {totals}")

@@ -1,0 +1,259 @@
+"""Local scheduling: worker processes on this machine, one (or a few) per GPU, or CPU workers without a GPU.
+
+Workers are started with the ``spawn`` context, so each is a fresh interpreter: it sets CUDA_VISIBLE_DEVICES to
+its GPU and the thread count *before* torch is imported there (the run function is sent pickled and unpickled
+only after that). The parent never imports torch to count GPUs: it asks ``nvidia-smi`` (or honours
+CUDA_VISIBLE_DEVICES), which neither loads the CUDA driver into the runner nor takes GPU memory; torch is the
+fallback only where nvidia-smi is missing. Workers die with the runner (Linux ``PR_SET_PDEATHSIG``), so a killed
+runner leaves stale locks that the next runner breaks, not orphans that keep training.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ablation.config import RunConfig
+from ablation.errors import AblationError
+from ablation.store import METRICS_FILE, run_name, write_status
+
+from . import locks
+from .runner import RunFunction, RunOutcome, execute_unit
+
+POLL_SECONDS = 0.2
+
+
+def detect_gpus() -> list[str]:
+    """GPU ids this machine offers, as CUDA_VISIBLE_DEVICES entries; empty without a GPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:  # the user already restricted the GPUs; ids may be indices or UUIDs
+        return [gpu.strip() for gpu in visible.split(",") if gpu.strip() and not gpu.strip().startswith("-")]
+    smi = shutil.which("nvidia-smi")
+    if smi is not None:
+        try:
+            listing = subprocess.run(
+                [smi, "--query-gpu=index", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+        return [line.strip() for line in listing.splitlines() if line.strip().isdigit()]
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def parse_gpus(text: str | None) -> list[str] | None:
+    """``"0,1"`` -> ``["0", "1"]``; None stays None (use every visible GPU)."""
+    if text is None:
+        return None
+    gpus = [gpu.strip() for gpu in text.split(",") if gpu.strip()]
+    if not gpus:
+        raise AblationError(f"--gpus {text!r}: expected a comma-separated list of GPU ids such as 0,1")
+    return gpus
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worker_devices(workers: int | None, gpus: Sequence[str] | None, workers_per_gpu: int) -> list[str | None]:
+    """The GPU each worker is pinned to (None: a CPU worker), round-robin over the GPUs."""
+    if workers_per_gpu < 1:
+        raise AblationError(f"--workers-per-gpu must be >= 1, got {workers_per_gpu}")
+    if workers is not None and workers < 1:
+        raise AblationError(f"--workers must be >= 1, got {workers}")
+    devices = list(gpus) if gpus is not None else detect_gpus()
+    if not devices:
+        return [None] * (workers or 1)
+    count = workers or len(devices) * workers_per_gpu
+    return [devices[index % len(devices)] for index in range(count)]
+
+
+def run_units_local(
+    units: Sequence[Sequence[RunConfig]],
+    results_dir: Path,
+    *,
+    workers: int | None,
+    gpus: Sequence[str] | None,
+    workers_per_gpu: int,
+    run_fn: RunFunction | None,
+    retry_failed: bool,
+    progress: bool,
+    on_outcomes: Callable[[list[RunOutcome]], None],
+) -> None:
+    """Execute the units here (one worker, no GPUs named) or in spawned worker processes."""
+    if not units:
+        return
+    devices = [None] if gpus is None and workers == 1 else worker_devices(workers, gpus, workers_per_gpu)
+    if gpus is None and devices == [None]:  # one CPU worker (or --workers 1): simplest to debug in-process
+        show_run_bars = progress and sys.stderr.isatty()
+        for unit in units:
+            outcomes = execute_unit(
+                unit, results_dir, run_fn=run_fn, progress=show_run_bars, retry_failed=retry_failed
+            )
+            on_outcomes(outcomes)
+        return
+    _run_in_workers(units, results_dir, devices[: len(units)], run_fn, retry_failed, on_outcomes)
+
+
+def _run_in_workers(
+    units: Sequence[Sequence[RunConfig]],
+    results_dir: Path,
+    devices: list[str | None],
+    run_fn: RunFunction | None,
+    retry_failed: bool,
+    on_outcomes: Callable[[list[RunOutcome]], None],
+) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    tasks = context.Queue()
+    # A SimpleQueue's put writes to the pipe before returning, so a worker's "start" message is never lost when
+    # the worker is killed right after sending it (a Queue's feeder thread would die with it).
+    results = context.SimpleQueue()
+    for index, unit in enumerate(units):
+        tasks.put((index, list(unit)))
+    for _ in devices:
+        tasks.put(None)  # one stop sign per worker
+    threads = max(1, available_cores() // len(devices))
+    payload = pickle.dumps(run_fn)
+
+    def start(slot: int) -> Any:
+        process = context.Process(
+            target=_worker_main,
+            args=(
+                slot,
+                devices[slot],
+                threads,
+                os.getpid(),
+                str(results_dir),
+                payload,
+                retry_failed,
+                tasks,
+                results,
+            ),
+            name=f"ablation-grid-worker-{slot}",
+            daemon=True,
+        )
+        process.start()
+        return process
+
+    processes = {slot: start(slot) for slot in range(len(devices))}
+    in_flight: dict[int, int] = {}  # slot -> unit index
+    remaining = set(range(len(units)))
+    try:
+        while remaining:
+            if results.empty():  # messages of a worker that died are read before it is declared dead
+                _replace_dead_workers(processes, in_flight, units, results_dir, remaining, on_outcomes, start)
+                if not any(p.is_alive() for p in processes.values()) and remaining:
+                    raise AblationError("every grid worker exited before the grid finished")
+                time.sleep(POLL_SECONDS)
+                continue
+            kind, slot, index, outcomes = results.get()
+            if kind == "start":
+                in_flight[slot] = index
+            else:
+                in_flight.pop(slot, None)
+                remaining.discard(index)
+                on_outcomes(outcomes)
+    finally:
+        for process in processes.values():
+            if process.is_alive() and remaining:
+                process.terminate()  # interrupted: their runs stay resumable (status running, stale lock)
+        for process in processes.values():
+            process.join(timeout=30)
+        tasks.cancel_join_thread()
+        results.close()
+
+
+def _replace_dead_workers(
+    processes: dict[int, Any],
+    in_flight: dict[int, int],
+    units: Sequence[Sequence[RunConfig]],
+    results_dir: Path,
+    remaining: set[int],
+    on_outcomes: Callable[[list[RunOutcome]], None],
+    start: Callable[[int], Any],
+) -> None:
+    """A worker that died mid-unit (out of memory, segfault) fails that unit's unfinished runs; it is replaced."""
+    for slot, process in list(processes.items()):
+        if process.is_alive() or slot not in in_flight:
+            continue
+        index = in_flight.pop(slot)
+        reason = f"worker process died with exit code {process.exitcode}"
+        outcomes = []
+        for config in units[index]:
+            run_dir = results_dir / run_name(config)
+            if (run_dir / METRICS_FILE).exists():
+                outcomes.append(RunOutcome(run_dir.name, "done"))
+                continue
+            owner = locks.read_owner(run_dir)
+            if owner is not None and owner.pid == process.pid:
+                write_status(run_dir, f"failed: {reason}", error=reason)
+                locks.lock_path(run_dir).unlink(missing_ok=True)
+            outcomes.append(RunOutcome(run_dir.name, "failed", reason))
+        remaining.discard(index)
+        on_outcomes(outcomes)
+        processes[slot] = start(slot)
+
+
+def _worker_main(
+    slot: int,
+    device: str | None,
+    threads: int,
+    parent_pid: int,
+    results_dir: str,
+    payload: bytes,
+    retry_failed: bool,
+    tasks: Any,
+    results: Any,
+) -> None:
+    """A worker process: pin the GPU and threads, then execute units from ``tasks`` until the stop sign."""
+    _die_with_parent(parent_pid)
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+    import torch  # only now: CUDA_VISIBLE_DEVICES and the thread variables are read at import
+
+    torch.set_num_threads(threads)
+    run_fn = pickle.loads(payload)
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        index, unit = task
+        results.put(("start", slot, index, None))
+        outcomes = execute_unit(unit, results_dir, run_fn=run_fn, progress=False, retry_failed=retry_failed)
+        results.put(("outcomes", slot, index, outcomes))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this worker when the runner dies, so no orphan keeps training (and holding locks)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: an orphan may go on with the units left in the queue
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)

@@ -1,0 +1,384 @@
+"""Run a grid of runs: skip what is done, resume what was interrupted, isolate failures, never train twice.
+
+The results folder holds one folder per run, named by :func:`ablation.store.run_name` (readable fields plus a hash
+of the resolved config), so rerunning a grid finds its finished runs by name. A run is done exactly when its
+``metrics.json`` exists; an interrupted run keeps ``checkpoint_last.pt`` and ``train_run`` resumes from it.
+
+Work is scheduled in *units*: a list of runs one worker executes together. Today every unit holds one run;
+:func:`plan_units` is where the packed multi-variant trainer (``ablation.train.packed``) will group runs. Each run
+of a unit is claimed with a lock file (:mod:`ablation.grid.locks`) before it starts, so concurrent runners on one
+folder split the work. No torch import here: worker processes import it after pinning their GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ablation.config import RunConfig
+from ablation.errors import AblationError
+from ablation.io import atomic_write_json, read_json
+from ablation.store import CONFIG_FILE, METRICS_FILE, STATUS_FILE, read_status, run_name, write_status
+
+from . import locks
+
+# train_run's signature: (config, out_dir, *, device=None, progress=True) -> metrics dict.
+RunFunction = Callable[..., Any]
+BACKENDS = ("local", "ray")
+GRID_FILE = (
+    "grid.json"  # names of the runs grids expected in this folder, so `ablation status` can list pending
+)
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where one run stands in a results folder.
+
+    Attributes:
+        name: the run folder's name.
+        status: ``done``, ``running`` (a live runner holds its lock), ``failed`` or ``pending``.
+        detail: the error of a failed run, the lock owner of a running one, ``interrupted at epoch E`` for a
+            pending run that will resume from its checkpoint.
+    """
+
+    name: str
+    status: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one runner did with one run: ``done``, ``failed``, ``skipped`` (already done) or ``busy``."""
+
+    name: str
+    outcome: str
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class GridSummary:
+    """The end-of-grid record: what was trained, skipped, failed or left to another runner."""
+
+    results_dir: Path
+    total: int
+    outcomes: list[RunOutcome] = field(default_factory=list)
+
+    def names(self, outcome: str) -> list[str]:
+        return [o.name for o in self.outcomes if o.outcome == outcome]
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.outcome == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when any run failed (or was left failed), else 0."""
+        return 1 if self.failed else 0
+
+    def format(self) -> str:
+        counts = {kind: len(self.names(kind)) for kind in ("done", "skipped", "failed", "busy")}
+        lines = [
+            f"grid finished in {self.results_dir}: {self.total} runs; trained {counts['done']}, "
+            f"skipped {counts['skipped']} (already done), failed {counts['failed']}, "
+            f"left to another runner {counts['busy']}"
+        ]
+        lines += [f"  failed: {o.name}: {o.error}" for o in self.failed]
+        if self.failed:
+            lines.append("  rerun the same command to retry the failed runs (completed runs are kept)")
+        return "\n".join(lines)
+
+
+# status -------------------------------------------------------------------------------------------------------
+
+
+def run_state(results_dir: str | Path, name: str) -> RunState:
+    """The state of the run folder ``results_dir/name`` (which need not exist)."""
+    run_dir = Path(results_dir) / name
+    if (run_dir / METRICS_FILE).exists():
+        return RunState(name, "done")
+    if locks.lock_path(run_dir).exists() and locks.is_locked(run_dir):
+        owner = locks.read_owner(run_dir)
+        return RunState(name, "running", owner.describe() if owner else "lock being written")
+    if not (run_dir / STATUS_FILE).exists():
+        return RunState(name, "pending")
+    try:
+        status = read_status(run_dir)
+    except (OSError, ValueError):
+        return RunState(name, "pending", "unreadable status.json")
+    text = str(status.get("status", ""))
+    if text.startswith("failed"):
+        return RunState(
+            name, "failed", text.removeprefix("failed").lstrip(": ") or str(status.get("error", ""))
+        )
+    epoch = status.get("epoch")
+    return RunState(
+        name, "pending", "interrupted" + (f" at epoch {epoch}" if epoch is not None else "") + ", resumes"
+    )
+
+
+def grid_status(results_dir: str | Path, configs: Sequence[RunConfig] | None = None) -> list[RunState]:
+    """States of the runs of ``configs`` in ``results_dir``; without configs, of every run the folder knows.
+
+    A folder knows the runs in its run folders and those recorded in ``grid.json`` by ``ablation run``.
+    """
+    if configs is not None:
+        names = [run_name(config) for config in configs]
+    else:
+        names = list(dict.fromkeys([*recorded_runs(results_dir), *_run_folders(results_dir)]))
+    return [run_state(results_dir, name) for name in names]
+
+
+def recorded_runs(results_dir: str | Path) -> list[str]:
+    """Run names recorded in ``grid.json`` by earlier ``ablation run`` calls on this folder."""
+    path = Path(results_dir) / GRID_FILE
+    if not path.exists():
+        return []
+    try:
+        return list(read_json(path).get("runs", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _record_grid(results_dir: Path, names: Iterable[str], spec_name: str | None) -> None:
+    runs = list(dict.fromkeys([*recorded_runs(results_dir), *names]))
+    record = {"runs": runs}
+    if spec_name is not None:
+        previous = []
+        if (results_dir / GRID_FILE).exists():
+            try:
+                previous = list(read_json(results_dir / GRID_FILE).get("specs", []))
+            except (OSError, ValueError, AttributeError):
+                previous = []
+        record["specs"] = list(dict.fromkeys([*previous, spec_name]))
+    atomic_write_json(results_dir / GRID_FILE, record)
+
+
+def _run_folders(results_dir: str | Path) -> list[str]:
+    root = Path(results_dir)
+    if not root.is_dir():
+        return []
+    marks = (CONFIG_FILE, locks.LOCK_FILE, STATUS_FILE)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any((p / m).exists() for m in marks))
+
+
+# units --------------------------------------------------------------------------------------------------------
+
+
+def plan_units(configs: Sequence[RunConfig], pack_size: int = 1) -> list[list[RunConfig]]:
+    """Group pending runs into units of work, each executed by one worker.
+
+    This is the seam for packed multi-variant training (issue 7, ``ablation.train.packed.train_packed``): once
+    that trainer exists, runs that differ only in skip subset or seed are grouped here into units of up to
+    ``pack_size``. Until then every unit is a single run, whatever ``pack_size`` says.
+    """
+    if pack_size < 1:
+        raise AblationError(f"pack_size must be >= 1, got {pack_size}")
+    return [[config] for config in configs]
+
+
+def resolve_run_function(run_fn: RunFunction | None) -> RunFunction:
+    """``run_fn`` itself, or ``ablation.train.train_run`` (imported here, so torch loads only when needed)."""
+    if run_fn is not None:
+        return run_fn
+    try:
+        from ablation.train import train_run
+    except ImportError as error:
+        raise AblationError(f"the training module is not available ({error}); cannot run the grid") from None
+    return train_run
+
+
+def execute_unit(
+    unit: Sequence[RunConfig],
+    results_dir: str | Path,
+    *,
+    run_fn: RunFunction | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    retry_failed: bool = True,
+) -> list[RunOutcome]:
+    """Claim and run each run of a unit in turn; an exception fails that run only.
+
+    Args:
+        unit: the runs to execute (one today; see :func:`plan_units`).
+        results_dir: the grid's results folder; run ``r`` lives in ``results_dir / run_name(r)``.
+        run_fn: called as ``run_fn(config, run_dir, device=device, progress=progress)``; default ``train_run``.
+        device: passed through (None: the run function picks CUDA when visible, else CPU).
+        progress: show the run function's own progress bar.
+        retry_failed: re-attempt runs whose status.json says failed; False leaves them failed.
+
+    Returns:
+        One outcome per run. Every failure is also written to the run's status.json.
+    """
+    results_dir = Path(results_dir)
+    outcomes = []
+    for config in unit:
+        name = run_name(config)
+        run_dir = results_dir / name
+        state = run_state(results_dir, name)
+        if state.status == "done":
+            outcomes.append(RunOutcome(name, "skipped"))
+        elif state.status == "failed" and not retry_failed:
+            outcomes.append(RunOutcome(name, "failed", state.detail))
+        elif not locks.try_lock(run_dir):
+            outcomes.append(RunOutcome(name, "busy"))
+        else:
+            try:
+                outcomes.append(_run_locked(config, run_dir, run_fn, device, progress))
+            finally:
+                locks.release_lock(run_dir)
+    return outcomes
+
+
+def _run_locked(
+    config: RunConfig, run_dir: Path, run_fn: RunFunction | None, device: str | None, progress: bool
+) -> RunOutcome:
+    name = run_dir.name
+    if (run_dir / METRICS_FILE).exists():  # another runner finished it between our check and our claim
+        return RunOutcome(name, "skipped")
+    for leftover in run_dir.glob(".*.tmp"):  # an atomic write cut short by a kill; we own the folder now
+        leftover.unlink(missing_ok=True)
+    started = time.time()
+    try:
+        resolve_run_function(run_fn)(config, run_dir, device=device, progress=progress)
+    except Exception as error:  # noqa: BLE001 - any failure of one run must not stop the grid
+        reason = _record_failure(run_dir, error, started)
+        return RunOutcome(name, "failed", reason, time.time() - started)
+    seconds = time.time() - started
+    if not (run_dir / METRICS_FILE).exists():
+        reason = f"the run function returned without writing {METRICS_FILE}"
+        write_status(run_dir, f"failed: {reason}", error=reason, host=socket.gethostname())
+        return RunOutcome(name, "failed", reason, seconds)
+    return RunOutcome(name, "done", seconds=seconds)
+
+
+def _record_failure(run_dir: Path, error: Exception, started: float) -> str:
+    """Write status.json for a failed run, unless the run function already wrote its own failed status."""
+    status_path = run_dir / STATUS_FILE
+    try:
+        status = read_status(run_dir) if status_path.exists() else {}
+        written_now = status_path.exists() and status_path.stat().st_mtime >= started - 1.0
+    except (OSError, ValueError):
+        status, written_now = {}, False
+    text = str(status.get("status", ""))
+    if written_now and text.startswith("failed"):
+        return text.removeprefix("failed").lstrip(": ")
+    reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+    write_status(
+        run_dir,
+        f"failed: {reason}",
+        error=reason,
+        traceback="".join(traceback.format_exception(error)),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
+    return reason
+
+
+# the grid -----------------------------------------------------------------------------------------------------
+
+
+def run_grid(
+    configs: Sequence[RunConfig],
+    results_dir: str | Path,
+    *,
+    backend: str = "local",
+    workers: int | None = None,
+    gpus: Sequence[str] | None = None,
+    workers_per_gpu: int = 1,
+    ray_address: str | None = None,
+    cpus_per_run: int = 1,
+    pack_size: int = 1,
+    retry_failed: bool = True,
+    run_fn: RunFunction | None = None,
+    progress: bool = True,
+    spec_name: str | None = None,
+) -> GridSummary:
+    """Run every run of the grid that is not done yet.
+
+    Args:
+        configs: the grid's runs (``expand_spec``, maybe filtered by ``select_runs``).
+        results_dir: where run folders live; for Ray on several machines, a path every node sees.
+        backend: ``local`` (worker processes on this machine) or ``ray`` (one Ray task per unit).
+        workers: local worker processes; default one per GPU (times ``workers_per_gpu``), else 1. With one
+            worker and no ``gpus`` given, runs execute in this process.
+        gpus: GPU ids to pin workers to (CUDA_VISIBLE_DEVICES entries); default all visible GPUs.
+        workers_per_gpu: local workers sharing each GPU (small models leave a GPU idle otherwise).
+        ray_address: a Ray cluster's address; None starts a local Ray instance (unless one is running).
+        cpus_per_run: CPUs each Ray task reserves (and torch threads it uses).
+        pack_size: runs per unit for the packed trainer (see :func:`plan_units`).
+        retry_failed: re-attempt runs that failed before (the default), or leave them failed.
+        run_fn: the function that executes one run; default ``ablation.train.train_run``. It must be picklable
+            (a module-level function) for worker processes and Ray.
+        progress: show the grid's progress bar (and, in-process, each run's).
+        spec_name: recorded in ``grid.json`` beside the run names.
+
+    Returns:
+        The summary; ``summary.exit_code`` is 1 when any run failed.
+    """
+    if backend not in BACKENDS:
+        raise AblationError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    results_dir = Path(results_dir).expanduser().resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    names = [run_name(config) for config in configs]
+    _record_grid(results_dir, names, spec_name)
+    summary = GridSummary(results_dir=results_dir, total=len(configs))
+    todo = []
+    for config, name in zip(configs, names):
+        if run_state(results_dir, name).status == "done":
+            summary.outcomes.append(RunOutcome(name, "skipped"))
+        else:
+            todo.append(config)
+    units = plan_units(todo, pack_size)
+    bar = _grid_bar(len(configs), len(configs) - len(todo), progress)
+
+    def record(outcomes: list[RunOutcome]) -> None:
+        summary.outcomes.extend(outcomes)
+        bar.update(len(outcomes))
+        bar.set_postfix(failed=len(summary.failed), refresh=False)
+
+    try:
+        if backend == "ray":
+            from .ray_backend import run_units_ray
+
+            run_units_ray(
+                units,
+                results_dir,
+                address=ray_address,
+                cpus_per_run=cpus_per_run,
+                run_fn=run_fn,
+                retry_failed=retry_failed,
+                on_outcomes=record,
+            )
+        else:
+            from .local import run_units_local
+
+            run_units_local(
+                units,
+                results_dir,
+                workers=workers,
+                gpus=gpus,
+                workers_per_gpu=workers_per_gpu,
+                run_fn=run_fn,
+                retry_failed=retry_failed,
+                progress=progress,
+                on_outcomes=record,
+            )
+    finally:
+        bar.close()
+    return summary
+
+
+def _grid_bar(total: int, initial: int, progress: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    # disable=None hides the bar when stderr is not a terminal (logs, CI) instead of filling them with redraws.
+    return tqdm(
+        total=total, initial=initial, desc="grid", unit="run", position=0, disable=None if progress else True
+    )
