@@ -116,7 +116,7 @@ def test_overrides_are_applied_and_dataset_tables_accepted():
         ({"datasets": []}, "'datasets' must be a non-empty list"),
         ({"datasets": [{"root": "x"}]}, "unknown key 'datasets.root': valid keys are name, data_root"),
         ({"subsets": {"unet": "all", "cca": ["all"]}, "connectors": ["unet"]}, "unknown key 'subsets.cca'"),
-        ({"pack_size": 0}, "'pack_size' must be an integer >= 1"),
+        ({"pack_size": 0}, "'pack_size' must be 'auto' or a positive integer"),
         ({"test_time_masks": "yes"}, "'test_time_masks' must be true or false"),
     ],
 )
@@ -144,7 +144,7 @@ def test_spec_defaults(tmp_path: Path):
     path = tmp_path / "study.toml"
     path.write_text('datasets = ["synthetic-glands"]\n')
     spec = load_spec(path)
-    assert spec.name == "study" and spec.out == "results/study" and spec.pack_size == 1
+    assert spec.name == "study" and spec.out == "results/study" and spec.pack_size is None
     configs = spec.expand()
     assert len(configs) == 16 and {c.model.connector for c in configs} == {"unet"}
     assert {(c.fold, c.repeat, c.seed) for c in configs} == {(None, 0, 0)}

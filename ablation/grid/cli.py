@@ -58,7 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--storage", help="results folder shared by every Ray node (same path everywhere); replaces --out"
     )
     run.add_argument("--cpus-per-run", type=int, default=1, help="CPUs each Ray task reserves (default: 1)")
-    run.add_argument("--pack-size", type=int, help="runs per packed unit (overrides the spec's pack_size)")
+    run.add_argument(
+        "--pack-size",
+        help="runs trained together in one model pass: 'auto' (fit the GPU; 1 on CPU) or an integer "
+        "(overrides the spec's pack_size)",
+    )
     run.add_argument("--skip-failed", action="store_true", help="leave runs that failed before as failed")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(handler=run_command)
@@ -85,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from .runner import grid_status, run_grid
-    from .spec import expand_spec, load_spec
+    from .spec import expand_spec, load_spec, parse_pack_size
 
     spec = load_spec(args.spec)
     configs = _selected(expand_spec(spec), args.only)
@@ -108,7 +112,9 @@ def run_command(args: argparse.Namespace) -> int:
         workers_per_gpu=args.workers_per_gpu,
         ray_address=args.ray_address,
         cpus_per_run=args.cpus_per_run,
-        pack_size=args.pack_size or spec.pack_size,
+        pack_size=spec.pack_size
+        if args.pack_size is None
+        else parse_pack_size(args.pack_size, "--pack-size"),
         retry_failed=not args.skip_failed,
         progress=not args.no_progress,
         spec_name=spec.name,

@@ -56,6 +56,29 @@ def detect_gpus() -> list[str]:
     return [str(index) for index in range(torch.cuda.device_count())]
 
 
+def gpu_memory_bytes(gpus: Sequence[str]) -> float:
+    """Total memory of the smallest of these GPUs in bytes (via nvidia-smi), or 0 when it cannot be read."""
+    smi = shutil.which("nvidia-smi")
+    if not gpus or smi is None:
+        return 0.0
+    try:
+        listing = subprocess.run(
+            [smi, "--query-gpu=index,uuid,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0.0
+    sizes = []
+    for line in listing.splitlines():
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) == 3 and (parts[0] in gpus or parts[1] in gpus) and parts[2].isdigit():
+            sizes.append(float(parts[2]) * 1024**2)  # MiB
+    return min(sizes) if sizes else 0.0
+
+
 def parse_gpus(text: str | None) -> list[str] | None:
     """``"0,1"`` -> ``["0", "1"]``; None stays None (use every visible GPU)."""
     if text is None:

@@ -4,10 +4,11 @@ The results folder holds one folder per run, named by :func:`ablation.store.run_
 of the resolved config), so rerunning a grid finds its finished runs by name. A run is done exactly when its
 ``metrics.json`` exists; an interrupted run keeps ``checkpoint_last.pt`` and ``train_run`` resumes from it.
 
-Work is scheduled in *units*: a list of runs one worker executes together. Today every unit holds one run;
-:func:`plan_units` is where the packed multi-variant trainer (``ablation.train.packed``) will group runs. Each run
-of a unit is claimed with a lock file (:mod:`ablation.grid.locks`) before it starts, so concurrent runners on one
-folder split the work. No torch import here: worker processes import it after pinning their GPU.
+Work is scheduled in *units*: a list of runs one worker executes together. A unit of several runs trains as
+one pack (``ablation.train.packed.train_packed``: K variants in one model pass); :func:`plan_units` groups runs
+that can share a pack (:mod:`ablation.packing`). Each run of a unit is claimed with a lock file
+(:mod:`ablation.grid.locks`) before it starts, so concurrent runners on one folder split the work. No torch import
+here: worker processes import it after pinning their GPU.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from ablation.config import RunConfig
 from ablation.errors import AblationError
 from ablation.io import atomic_write_json, read_json
+from ablation.packing import auto_pack_size, group_for_packing
 from ablation.store import CONFIG_FILE, METRICS_FILE, STATUS_FILE, read_status, run_name, write_status
 
 from . import locks
@@ -174,13 +176,30 @@ def _run_folders(results_dir: str | Path) -> list[str]:
 def plan_units(configs: Sequence[RunConfig], pack_size: int = 1) -> list[list[RunConfig]]:
     """Group pending runs into units of work, each executed by one worker.
 
-    This is the seam for packed multi-variant training (issue 7, ``ablation.train.packed.train_packed``): once
-    that trainer exists, runs that differ only in skip subset or seed are grouped here into units of up to
-    ``pack_size``. Until then every unit is a single run, whatever ``pack_size`` says.
+    With ``pack_size`` 1 every unit is one run. Larger values group runs that can train as one pack (same
+    dataset, connector and settings; different seeds, folds and, for ``unet``/``cca``, skip subsets) into units of
+    at most ``pack_size`` (:func:`ablation.packing.group_for_packing`).
     """
     if pack_size < 1:
         raise AblationError(f"pack_size must be >= 1, got {pack_size}")
-    return [[config] for config in configs]
+    if pack_size == 1:
+        return [[config] for config in configs]
+    return group_for_packing(configs, pack_size)
+
+
+def resolve_pack_size(
+    pack_size: int | None, configs: Sequence[RunConfig], backend: str, gpus: Sequence[str] | None
+) -> int:
+    """``pack_size`` itself, or for None (automatic) as many variants as fit a GPU's memory; 1 without a GPU."""
+    if pack_size is not None:
+        return pack_size
+    if backend != "local":
+        return 1
+    from .local import detect_gpus, gpu_memory_bytes
+
+    devices = list(gpus) if gpus is not None else detect_gpus()
+    memory = gpu_memory_bytes(devices)
+    return auto_pack_size(configs, memory) if memory else 1
 
 
 def resolve_run_function(run_fn: RunFunction | None) -> RunFunction:
@@ -217,6 +236,8 @@ def execute_unit(
         One outcome per run. Every failure is also written to the run's status.json.
     """
     results_dir = Path(results_dir)
+    if len(unit) > 1 and run_fn is None:
+        return _execute_pack(unit, results_dir, device=device, progress=progress, retry_failed=retry_failed)
     outcomes = []
     for config in unit:
         name = run_name(config)
@@ -233,6 +254,55 @@ def execute_unit(
                 outcomes.append(_run_locked(config, run_dir, run_fn, device, progress))
             finally:
                 locks.release_lock(run_dir)
+    return outcomes
+
+
+def _execute_pack(
+    unit: Sequence[RunConfig], results_dir: Path, *, device: str | None, progress: bool, retry_failed: bool
+) -> list[RunOutcome]:
+    """Claim the runs of a pack that still need training and train them together with ``train_packed``."""
+    outcomes: list[RunOutcome] = []
+    claimed: list[RunConfig] = []
+    for config in unit:
+        name = run_name(config)
+        state = run_state(results_dir, name)
+        if state.status == "done":
+            outcomes.append(RunOutcome(name, "skipped"))
+        elif state.status == "failed" and not retry_failed:
+            outcomes.append(RunOutcome(name, "failed", state.detail))
+        elif not locks.try_lock(results_dir / name):
+            outcomes.append(RunOutcome(name, "busy"))
+        else:
+            claimed.append(config)
+    if not claimed:
+        return outcomes
+    dirs = [results_dir / run_name(config) for config in claimed]
+    started = time.time()
+    try:
+        for run_dir in dirs:
+            for leftover in run_dir.glob(
+                ".*.tmp"
+            ):  # an atomic write cut short by a kill; we own the folder now
+                leftover.unlink(missing_ok=True)
+        try:
+            from ablation.train.packed import train_packed
+
+            train_packed(claimed, dirs, device=device, progress=progress)
+        except Exception as error:  # noqa: BLE001 - a failing pack fails its runs, not the grid
+            for run_dir in dirs:
+                if not (run_dir / METRICS_FILE).exists():
+                    _record_failure(run_dir, error, started)
+        seconds = (time.time() - started) / len(dirs)
+        for run_dir in dirs:
+            state = run_state(results_dir, run_dir.name)
+            if state.status == "done":
+                outcomes.append(RunOutcome(run_dir.name, "done", seconds=seconds))
+            else:
+                detail = state.detail or f"the packed trainer returned without writing {METRICS_FILE}"
+                outcomes.append(RunOutcome(run_dir.name, "failed", detail, seconds))
+    finally:
+        for run_dir in dirs:
+            locks.release_lock(run_dir)
     return outcomes
 
 
@@ -294,7 +364,7 @@ def run_grid(
     workers_per_gpu: int = 1,
     ray_address: str | None = None,
     cpus_per_run: int = 1,
-    pack_size: int = 1,
+    pack_size: int | None = 1,
     retry_failed: bool = True,
     run_fn: RunFunction | None = None,
     progress: bool = True,
@@ -312,7 +382,8 @@ def run_grid(
         workers_per_gpu: local workers sharing each GPU (small models leave a GPU idle otherwise).
         ray_address: a Ray cluster's address; None starts a local Ray instance (unless one is running).
         cpus_per_run: CPUs each Ray task reserves (and torch threads it uses).
-        pack_size: runs per unit for the packed trainer (see :func:`plan_units`).
+        pack_size: runs trained together as one pack (see :func:`plan_units`); None picks automatically: as many
+            as fit the GPU's memory on a local GPU grid, else 1. Ignored (1) when ``run_fn`` is given.
         retry_failed: re-attempt runs that failed before (the default), or leave them failed.
         run_fn: the function that executes one run; default ``ablation.train.train_run``. It must be picklable
             (a module-level function) for worker processes and Ray.
@@ -335,6 +406,7 @@ def run_grid(
             summary.outcomes.append(RunOutcome(name, "skipped"))
         else:
             todo.append(config)
+    pack_size = 1 if run_fn is not None else resolve_pack_size(pack_size, todo, backend, gpus)
     units = plan_units(todo, pack_size)
     bar = _grid_bar(len(configs), len(configs) - len(todo), progress)
 

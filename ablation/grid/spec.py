@@ -67,7 +67,8 @@ SPEC_KEYS: dict[str, str] = {
     "num_folds": "k when folds is a list of indices (default: 5)",
     "repeats": "k-fold repeats (default: 1)",
     "test_time_masks": "evaluate every all-skips model under all 16 runtime masks too (default: false)",
-    "pack_size": "runs trained together by the packed trainer, when available (default: 1)",
+    "pack_size": "runs trained together in one model pass: 'auto' (as many as fit on a GPU, 1 on CPU) or an "
+    "integer (default: 'auto')",
     "train": "table of TrainConfig overrides",
     "model": "table of ModelConfig overrides (connector and skips come from the grid axes)",
 }
@@ -77,6 +78,19 @@ _AXIS_KEYS = {
     "model": {"connector": "connectors", "skips": "subsets"},
     "train": {"test_time_masks": "test_time_masks"},
 }
+
+
+def parse_pack_size(value: Any, where: str) -> int | None:
+    """``"auto"`` -> None; a positive integer (or its text) -> itself; anything else is an error."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        size = 0
+    if isinstance(value, bool) or size < 1 or (isinstance(value, float) and not value.is_integer()):
+        raise AblationError(f"{where} must be 'auto' or a positive integer, got {value!r}")
+    return size
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,7 @@ class GridSpec:
     num_folds: int = 5
     repeats: int = 1
     test_time_masks: bool = False
-    pack_size: int = 1
+    pack_size: int | None = None  # None: automatic (packs on GPU sized to its memory, single runs on CPU)
     train: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     source: str | None = None  # the spec file, for messages
@@ -169,7 +183,7 @@ def load_spec(spec: str | Path | dict[str, Any]) -> GridSpec:
     test_time_masks = data.get("test_time_masks", False)
     if not isinstance(test_time_masks, bool):
         raise AblationError(f"{where}: 'test_time_masks' must be true or false, got {test_time_masks!r}")
-    pack_size = _integer(data.get("pack_size", 1), "pack_size", where, minimum=1)
+    pack_size = parse_pack_size(data.get("pack_size", "auto"), f"{where}: 'pack_size'")
     overrides = {}
     for section, cls in (("train", TrainConfig), ("model", ModelConfig)):
         table = data.get(section, {})

@@ -1,0 +1,93 @@
+"""Packing in the grid runner: grouping, automatic pack size, and a packed unit trained end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ablation.config import ModelConfig, RunConfig, TrainConfig
+from ablation.errors import AblationError
+from ablation.grid import expand_spec, run_grid
+from ablation.grid.runner import plan_units, resolve_pack_size
+from ablation.grid.spec import load_spec
+from ablation.packing import MAX_AUTO_PACK, auto_pack_size, can_pack, estimated_variant_bytes
+from ablation.store import run_name, run_status
+
+pytest.importorskip("ablation.train.packed", reason="the packed trainer is not part of this build")
+
+GIB = 1024**3
+
+
+def _config(connector: str = "unet", skips: str = "1111", seed: int = 0, **model: object) -> RunConfig:
+    return RunConfig(
+        dataset="synthetic-nuclei",
+        seed=seed,
+        model=ModelConfig(connector=connector, skips=skips, img_size=32, base_channels=4, **model),
+        train=TrainConfig(max_epochs=2, min_best_epoch=0, checkpoint_every=1, save_predictions=2),
+    )
+
+
+def test_plan_units_packs_maskable_subsets_and_keeps_cct_subsets_apart() -> None:
+    unet = [_config("unet", skips) for skips in ("1111", "1010", "0000", "0110")]
+    cct = [_config("uctransnet", skips) for skips in ("1111", "1011")]
+    units = plan_units(unet + cct, pack_size=4)
+    assert sorted(len(unit) for unit in units) == [1, 1, 4]
+    assert all(can_pack(unit) for unit in units)
+    assert plan_units(unet, pack_size=1) == [[config] for config in unet]
+    with pytest.raises(AblationError, match="pack_size must be >= 1"):
+        plan_units(unet, pack_size=0)
+
+
+def test_auto_pack_size_scales_with_memory_and_model() -> None:
+    big = dataclasses.replace(_config(), model=ModelConfig(connector="unet", base_channels=64, img_size=224))
+    ctrans = dataclasses.replace(big, model=dataclasses.replace(big.model, connector="uctransnet"))
+    assert estimated_variant_bytes(ctrans) > estimated_variant_bytes(big)
+    assert auto_pack_size([big], 80 * GIB) > auto_pack_size([ctrans], 80 * GIB) >= 1
+    assert auto_pack_size([big], 1 * GIB) == 1
+    assert auto_pack_size([_config()], 80 * GIB) == MAX_AUTO_PACK  # tiny models: capped
+    # No GPU: automatic packing trains single runs; an explicit size is kept.
+    assert resolve_pack_size(None, [big], "local", gpus=[]) == 1
+    assert resolve_pack_size(3, [big], "local", gpus=[]) == 3
+
+
+def test_spec_pack_size_accepts_auto_and_integers(tmp_path: Path) -> None:
+    base = 'datasets = ["synthetic-nuclei"]\n'
+    for text, expected in (("", None), ('pack_size = "auto"\n', None), ("pack_size = 4\n", 4)):
+        (tmp_path / "s.toml").write_text(base + text)
+        assert load_spec(tmp_path / "s.toml").pack_size == expected
+    (tmp_path / "s.toml").write_text(base + 'pack_size = "lots"\n')
+    with pytest.raises(AblationError, match="'pack_size' must be 'auto' or a positive integer, got 'lots'"):
+        load_spec(tmp_path / "s.toml")
+
+
+def test_grid_trains_a_packed_unit_and_writes_every_run(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    import ablation.train.packed as packed
+
+    monkeypatch.setattr(torch, "get_num_threads", torch.get_num_threads)  # keep the suite's thread setting
+    calls: list[int] = []
+    real = packed.train_packed
+
+    def counting(configs, out_dirs, **kwargs):
+        calls.append(len(configs))
+        return real(configs, out_dirs, **kwargs)
+
+    monkeypatch.setattr(packed, "train_packed", counting)
+    spec = {
+        "datasets": ["synthetic-nuclei"],
+        "subsets": ["1111", "1010", "0000"],
+        "pack_size": 3,
+        "model": {"img_size": 32, "base_channels": 4},
+        "train": {"max_epochs": 2, "min_best_epoch": 0, "checkpoint_every": 1, "save_predictions": 2},
+    }
+    configs = expand_spec(spec)
+    summary = run_grid(configs, tmp_path, workers=1, pack_size=3, progress=False)
+    assert calls == [3]
+    assert summary.exit_code == 0 and sorted(summary.names("done")) == sorted(run_name(c) for c in configs)
+    assert all(run_status(tmp_path / run_name(c)) == "done" for c in configs)
+    # A rerun finds everything done and trains nothing.
+    again = run_grid(configs, tmp_path, workers=1, pack_size=3, progress=False)
+    assert calls == [3] and len(again.names("skipped")) == 3

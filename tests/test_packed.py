@@ -1,0 +1,277 @@
+"""Packed multi-variant training (issue 7): a pack of K variants equals K separate runs.
+
+The step-level test uses its own plain reference loop (K networks from ``build_model`` with their structural skips,
+K Adams, the same batches), so it does not depend on the single-run loop. It runs in float64: Adam divides each
+gradient coordinate by its own magnitude, so coordinates whose true gradient is zero (conv biases before
+BatchNorm) move by up to lr on float32 rounding noise alone; in float64 that noise sits far below Adam's eps.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ablation import store
+from ablation.config import ModelConfig, RunConfig, TrainConfig
+from ablation.errors import AblationError
+from ablation.io import read_json
+from ablation.models import build_model
+from ablation.train.device import setup_device
+from ablation.train.loop import train_run
+from ablation.train.losses import segmentation_loss
+from ablation.train.packed import ModelPack, can_pack, group_for_packing, train_packed
+
+CASES = {
+    "unet": ["1111", "1010", "0000"],  # different skip subsets in one pack: masked = removed
+    "cca": ["1111", "0101", "0110"],
+    "uctransnet": ["1011", "1011", "1011"],  # CCT: one subset per pack, different seeds
+}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _model_config(connector: str, skips: str) -> ModelConfig:
+    # No dropout, so the comparison is deterministic (CCT dropout masks are drawn per pack, not per variant).
+    return ModelConfig(
+        connector=connector,
+        skips=skips,
+        base_channels=4,
+        img_size=32,
+        embedding_dropout=0.0,
+        attention_dropout=0.0,
+    )
+
+
+def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+@pytest.mark.parametrize("connector", list(CASES))
+def test_pack_steps_equal_separate_runs(connector: str) -> None:
+    configs = [_model_config(connector, skips) for skips in CASES[connector]]
+    packed_models, references = [], []
+    for seed, config in enumerate(configs):
+        torch.manual_seed(seed)
+        packed_models.append(build_model(config).double())
+        torch.manual_seed(seed)
+        references.append(build_model(config).double())
+    setup = setup_device("cpu")
+    train = TrainConfig()
+    pack = ModelPack(packed_models, configs, setup=setup, train=train)
+    optimizers = [torch.optim.Adam(m.parameters(), lr=train.lr) for m in references]
+    generator = torch.Generator().manual_seed(0)
+    for step in range(3):
+        images = torch.rand(3, 2, 3, 32, 32, generator=generator, dtype=torch.float64)
+        masks = (torch.rand(3, 2, 1, 32, 32, generator=generator) > 0.7).double()
+        losses = pack.losses(images, masks)
+        pack.optimizer.zero_grad()
+        losses.sum().backward()
+        for k, (model, optimizer) in enumerate(zip(references, optimizers)):
+            model.train()
+            loss = segmentation_loss(model(images[k]), masks[k])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            assert losses[k].item() == pytest.approx(loss.item(), abs=1e-6)
+            for name, param in model.named_parameters():  # the pack's gradient restricted to this variant
+                packed_grad = pack.restrict(k, name, pack.params[name].grad[k])
+                torch.testing.assert_close(
+                    packed_grad, param.grad, rtol=1e-4, atol=1e-5, msg=f"{step} {k} {name}"
+                )
+        pack.optimizer.step()
+
+    for k, (config, reference) in enumerate(zip(configs, references)):
+        exported = pack.export(k, build_model(config).double())
+        expected = _tensors(reference)
+        for name, tensor in _tensors(exported).items():  # parameters and BatchNorm statistics
+            torch.testing.assert_close(tensor, expected[name], rtol=0, atol=2e-5, msg=f"variant {k}: {name}")
+
+    # The weights that read a zeroed skip got exactly zero gradient and stayed exactly zero under Adam.
+    masked_parts = 0
+    for name, stacked in pack.params.items():
+        for k in range(pack.size):
+            where = pack._layouts[k][name]
+            if isinstance(where, slice):
+                keep = torch.zeros(stacked.shape[2], dtype=torch.bool)
+                keep[where] = True
+                assert torch.count_nonzero(stacked[k][:, ~keep]) == 0, name
+                assert torch.count_nonzero(stacked.grad[k][:, ~keep]) == 0, name
+                masked_parts += 1
+    assert masked_parts == (0 if connector == "uctransnet" else 6 if connector == "unet" else 4)
+
+
+def test_dropping_a_variant_keeps_the_others() -> None:
+    configs = [_model_config("unet", skips) for skips in ("1111", "0011", "1100")]
+    torch.manual_seed(0)
+    pack = ModelPack(
+        [build_model(c) for c in configs], configs, setup=setup_device("cpu"), train=TrainConfig()
+    )
+    images, masks = torch.rand(3, 2, 3, 32, 32), (torch.rand(3, 2, 1, 32, 32) > 0.5).float()
+    pack.step(images, masks)
+    before = {k: pack.export(k, build_model(configs[k])).state_dict() for k in (0, 2)}
+    moments = {name: pack.optimizer.state[p]["exp_avg"][[0, 2]].clone() for name, p in pack.params.items()}
+    pack.select([0, 2])
+    assert pack.size == 2 and pack.variant_skips == ["1111", "1100"]
+    for new_k, old_k in enumerate((0, 2)):
+        after = pack.export(new_k, build_model(configs[old_k])).state_dict()
+        assert all(torch.equal(after[key], before[old_k][key]) for key in after)
+    for name, param in pack.params.items():
+        torch.testing.assert_close(pack.optimizer.state[param]["exp_avg"], moments[name])
+    assert torch.isfinite(pack.step(images[[0, 2]], masks[[0, 2]])).all()
+
+
+def test_mixed_subsets_refused_for_cct() -> None:
+    configs = [_model_config("uctransnet", skips) for skips in ("1111", "1011")]
+    with pytest.raises(AblationError, match="same skip subset"):
+        ModelPack([build_model(c) for c in configs], configs, setup=setup_device("cpu"), train=TrainConfig())
+
+
+def _run_config(seed: int, skips: str, connector: str = "unet", **train: object) -> RunConfig:
+    options = {"max_epochs": 3, "min_best_epoch": 0, "checkpoint_every": 2, "save_predictions": 4, **train}
+    return RunConfig(
+        dataset="synthetic-nuclei",
+        seed=seed,
+        model=ModelConfig(connector=connector, skips=skips, base_channels=4, img_size=32),
+        train=TrainConfig(**options),
+    )
+
+
+def test_grouping() -> None:
+    unet = [_run_config(seed, skips) for seed in (0, 1) for skips in ("1111", "1010", "0000")]
+    cct = [_run_config(0, skips, "uctransnet") for skips in ("1111", "1011")]
+    other_lr = _run_config(0, "1111", lr=1e-4)
+    assert can_pack(unet) and not can_pack(cct) and not can_pack([unet[0], other_lr])
+    assert not can_pack([unet[0], unet[0]]) and not can_pack([])
+    packs = group_for_packing([*unet, *cct, other_lr], max_pack=4)
+    assert sorted(len(p) for p in packs) == [1, 1, 1, 3, 3]  # 6 unet -> 3 + 3, not 4 + 2
+    assert all(can_pack(p) for p in packs)
+    assert sorted(store.run_id(c) for p in packs for c in p) == sorted(
+        store.run_id(c) for c in [*unet, *cct, other_lr]
+    )
+    with pytest.raises(AblationError, match="pack_size must be >= 1"):
+        group_for_packing(unet, 0)
+
+
+def _history(run_dir: Path) -> list[dict[str, float]]:
+    with open(run_dir / store.HISTORY_FILE) as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def test_train_packed_writes_run_folders_like_train_run(tmp_path: Path) -> None:
+    configs = [
+        _run_config(seed, skips, max_epochs=4, patience=1)
+        for seed, skips in enumerate(("1111", "1010", "0000"))
+    ]
+    dirs = [tmp_path / "packed" / store.run_name(c) for c in configs]
+    results = train_packed(configs, dirs, device="cpu", progress=False)
+
+    for config, run_dir, result in zip(configs, dirs, results):
+        for name in (
+            store.CONFIG_FILE, store.STATUS_FILE, store.HISTORY_FILE, store.LAST_CHECKPOINT, store.BEST_CHECKPOINT,
+            store.TEST_METRICS_FILE, store.PREDICTIONS_FILE, store.METRICS_FILE,
+        ):  # fmt: skip
+            assert (run_dir / name).is_file(), name
+        assert store.run_status(run_dir) == "done" and read_json(run_dir / store.METRICS_FILE) == result
+        assert result["run_id"] == store.run_id(config) and result["skips"] == config.model.skips
+        assert (
+            0.0 <= result["dice_mean"] <= 1.0 and np.isfinite(result["hd95_mean"]) and result["seconds"] > 0
+        )
+        best = torch.load(run_dir / store.BEST_CHECKPOINT, weights_only=True)
+        build_model(config.model).load_state_dict(best["model"])  # the structural layout of ITS subset
+        last = torch.load(run_dir / store.LAST_CHECKPOINT, weights_only=True)
+        assert last["epoch"] == result["epochs_run"] and len(last["optimizer"]["state"]) > 0
+
+    # With patience 1 the variants stop at different epochs; each stopped one left the pack and kept its record.
+    for run_dir, result in zip(dirs, results):
+        assert len(_history(run_dir)) == result["epochs_run"]
+        assert result["stopped_early"] == (result["epochs_run"] < 4)
+
+    # Each variant matches its own train_run (same init, batches and augmentation) up to float32 rounding.
+    for config, run_dir, result in zip(configs, dirs, results):
+        alone = train_run(config, tmp_path / "alone" / run_dir.name, device="cpu", progress=False)
+        assert result["parameters"] == alone["parameters"] and result["gflops"] == alone["gflops"]
+        packed_rows, alone_rows = _history(run_dir), _history(tmp_path / "alone" / run_dir.name)
+        for packed_row, alone_row in zip(packed_rows, alone_rows):
+            assert packed_row["lr"] == pytest.approx(alone_row["lr"])
+            assert packed_row["train_loss"] == pytest.approx(alone_row["train_loss"], abs=1e-3)
+        assert packed_rows[0]["val_dice"] == pytest.approx(alone_rows[0]["val_dice"], abs=1e-3)
+
+    again = train_packed(configs, dirs, device="cpu", progress=False)  # done runs are returned, not retrained
+    assert again == results
+
+    # train_run reads a packed variant's checkpoint_last.pt (weights, Adam state, schedule, generators).
+    full = next(
+        i for i, result in enumerate(results) if result["epochs_run"] == 4
+    )  # a run train_run won't extend
+    (dirs[full] / store.METRICS_FILE).unlink()
+    finished = train_run(configs[full], dirs[full], device="cpu", progress=False)
+    assert finished["dice_mean"] == pytest.approx(results[full]["dice_mean"]) and finished["epochs_run"] == 4
+
+
+def test_resume_continues_from_variant_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ablation.train import packed
+
+    configs = [_run_config(seed, "1111", max_epochs=3) for seed in (3, 4)]
+    whole = train_packed(
+        configs, [tmp_path / "whole" / str(i) for i in range(2)], device="cpu", progress=False
+    )
+
+    real_finish, calls = packed._end_epoch, []
+
+    def crash_in_epoch_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # epoch 3 of the first variant; checkpoints exist from epoch 2
+            raise RuntimeError("simulated crash")
+        return real_finish(*args, **kwargs)
+
+    dirs = [tmp_path / "split" / str(i) for i in range(2)]
+    monkeypatch.setattr(packed, "_end_epoch", crash_in_epoch_three)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_packed(configs, dirs, device="cpu", progress=False)
+    assert all(store.run_status(d) == "failed" for d in dirs)
+    monkeypatch.setattr(packed, "_end_epoch", real_finish)
+    resumed = train_packed(configs, dirs, device="cpu", progress=False)
+    for before, after in zip(whole, resumed):
+        assert after["epochs_run"] == before["epochs_run"] == 3
+        assert after["dice_mean"] == pytest.approx(before["dice_mean"], abs=1e-6)
+    assert _history(dirs[0])[-1]["train_loss"] == pytest.approx(
+        _history(tmp_path / "whole" / "0")[-1]["train_loss"]
+    )
+
+
+def test_non_finite_variant_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ablation.train import packed
+
+    real_epoch = packed._train_epoch
+
+    def nan_for_second_variant(pack, *args, **kwargs):
+        losses = real_epoch(pack, *args, **kwargs)
+        if pack.size == 2:  # before the failed variant is dropped
+            losses = losses * torch.tensor([1.0, float("nan")])
+        return losses
+
+    monkeypatch.setattr(packed, "_train_epoch", nan_for_second_variant)
+    configs = [_run_config(5, "1111", max_epochs=2), _run_config(6, "0110", max_epochs=2)]
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    results = train_packed(configs, dirs, device="cpu", progress=False)
+    assert results[0]["status"] == "done" and results[0]["epochs_run"] == 2
+    assert results[1]["status"] == "failed: non-finite loss at epoch 1"
+    assert read_json(dirs[1] / store.STATUS_FILE)["status"] == "failed: non-finite loss at epoch 1"
+    assert store.run_status(dirs[1]) == "failed" and not (dirs[1] / store.METRICS_FILE).exists()
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    config = _run_config(0, "1111")
+    with pytest.raises(AblationError, match="run folders"):
+        train_packed([config], [], device="cpu")
+    with pytest.raises(AblationError, match="cannot share a pack"):
+        train_packed([config, _run_config(0, "1111", lr=0.1)], [tmp_path / "a", tmp_path / "b"], device="cpu")
+    with pytest.raises(AblationError, match="share a run folder"):
+        train_packed([config, _run_config(1, "1111")], [tmp_path / "a", tmp_path / "a"], device="cpu")
