@@ -17,7 +17,18 @@ from typing import Any
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-RECORDED_PACKAGES = ("torch", "numpy", "pandas", "scipy", "matplotlib", "seaborn", "tqdm", "pillow", "einops", "ray")
+RECORDED_PACKAGES = (
+    "torch",
+    "numpy",
+    "pandas",
+    "scipy",
+    "matplotlib",
+    "seaborn",
+    "tqdm",
+    "pillow",
+    "einops",
+    "ray",
+)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -103,4 +103,6 @@ def expand_subsets(spec: str | list[str]) -> list[str]:
             if canonical not in out:
                 out.append(canonical)
         return out
-    raise AblationError(f"invalid subsets selection {spec!r}: expected 'all', 'paper' or a list of {ACCEPTED_FORMS}")
+    raise AblationError(
+        f"invalid subsets selection {spec!r}: expected 'all', 'paper' or a list of {ACCEPTED_FORMS}"
+    )
