@@ -148,9 +148,12 @@ def test_interrupted_run_resumes_and_leftover_temp_files_go(tmp_path: Path):
     assert not list(run_dir.glob("*.tmp"))
 
 
-def test_plan_units_are_single_runs_until_packing_lands():
+def test_plan_units_single_runs_at_pack_size_one_and_every_run_once_otherwise():
     configs = expand_spec(SPEC)
-    assert plan_units(configs, pack_size=4) == [[c] for c in configs]
+    assert plan_units(configs, pack_size=1) == [[c] for c in configs]
+    packed = plan_units(configs, pack_size=4)
+    assert all(len(unit) <= 4 for unit in packed)
+    assert sorted(run_name(c) for unit in packed for c in unit) == sorted(run_name(c) for c in configs)
     with pytest.raises(Exception, match="pack_size must be >= 1"):
         plan_units(configs, pack_size=0)
 

@@ -140,7 +140,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path, monk
 
     # Kill the second run during epoch 3's validation: the last checkpoint is from epoch 2, so the resumed run
     # has to redo epoch 3 from the saved RNG, optimiser, scheduler and data-generator states.
-    real_validate, calls = loop._validate, []
+    real_validate, calls = loop.validate, []
 
     def crashing_validate(*args, **kwargs):
         calls.append(1)
@@ -148,12 +148,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path, monk
             raise RuntimeError("simulated crash")
         return real_validate(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "_validate", crashing_validate)
+    monkeypatch.setattr(loop, "validate", crashing_validate)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_run(config, tmp_path / "split", device="cpu", progress=False)
     assert store.run_status(tmp_path / "split") == "failed"
     assert torch.load(tmp_path / "split" / store.LAST_CHECKPOINT, weights_only=True)["epoch"] == 2
-    monkeypatch.setattr(loop, "_validate", real_validate)
+    monkeypatch.setattr(loop, "validate", real_validate)
     resumed = train_run(config, tmp_path / "split", device="cpu", progress=False)
 
     assert _without_time(resumed) == _without_time(uninterrupted)
@@ -177,8 +177,8 @@ def test_non_finite_loss_fails_the_run(tmp_path: Path, monkeypatch) -> None:
         return loss * float("nan") if len(read_history) else loss
 
     read_history: list[int] = []
-    real_write = loop._write_history
-    monkeypatch.setattr(loop, "_write_history", lambda d, h: (read_history.append(1), real_write(d, h)))
+    real_write = loop.write_history
+    monkeypatch.setattr(loop, "write_history", lambda d, h: (read_history.append(1), real_write(d, h)))
     monkeypatch.setattr(loop, "segmentation_loss", nan_after_first_epoch)
     with pytest.raises(RunFailed, match="non-finite loss at epoch 2"):
         train_run(tiny_config(), tmp_path / "run", device="cpu", progress=False)

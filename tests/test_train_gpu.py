@@ -43,7 +43,7 @@ def test_cuda_run_completes_and_resumes_identically(connector: str, tmp_path: Pa
     assert whole["device"] != "cpu" and math.isfinite(whole["dice_mean"])
     assert (tmp_path / "whole" / store.MASKED_METRICS_FILE).is_file()
 
-    real_validate, calls = loop._validate, []
+    real_validate, calls = loop.validate, []
 
     def crashing_validate(*args, **kwargs):
         calls.append(1)
@@ -51,10 +51,10 @@ def test_cuda_run_completes_and_resumes_identically(connector: str, tmp_path: Pa
             raise RuntimeError("simulated crash")
         return real_validate(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "_validate", crashing_validate)
+    monkeypatch.setattr(loop, "validate", crashing_validate)
     with pytest.raises(RuntimeError):
         train_run(config, tmp_path / "split", device="cuda", progress=False)
-    monkeypatch.setattr(loop, "_validate", real_validate)
+    monkeypatch.setattr(loop, "validate", real_validate)
     resumed = train_run(config, tmp_path / "split", device="cuda", progress=False)
     # Deterministic algorithms are on (warn-only), so the resumed run is expected to match bit for bit.
     for key in ("best_epoch", "dice_mean", "iou_mean", "hd95_mean", "dice_micro"):

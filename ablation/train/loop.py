@@ -113,7 +113,7 @@ def train_run(
 def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool) -> dict[str, Any]:
     from ablation.data import load_prepared, run_splits
     from ablation.data.augment import augment_batch
-    from ablation.models import build_model, model_summary
+    from ablation.models import build_model
 
     cfg = config.train
     started = time.perf_counter()
@@ -121,7 +121,7 @@ def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool)
     train, val, test, record = run_splits(
         prepared, fold=config.fold, repeat=config.repeat, num_folds=config.num_folds
     )
-    _write_config(out_dir, config, setup, prepared.fingerprint, record)
+    write_run_config(out_dir, config, setup, prepared.fingerprint, record)
 
     torch.manual_seed(config.seed)  # weight init and dropout
     model = to_memory_format(build_model(config.model).to(setup.device), setup)
@@ -133,16 +133,18 @@ def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool)
         optimizer, T_0=cfg.scheduler_t0, T_mult=cfg.scheduler_t_mult, eta_min=cfg.scheduler_eta_min
     )
     # The run's own stream for batch order and augmentation, independent of the global RNG used for init.
-    generator = torch.Generator(device=setup.device).manual_seed(_derived_seed(config.seed, "data"))
-    train_images, train_masks = _to_device(train, setup)
-    val_images, val_masks = _to_device(val, setup)
+    generator = torch.Generator(device=setup.device).manual_seed(derived_seed(config.seed, "data"))
+    train_images, train_masks = split_to_device(train, setup)
+    val_images, val_masks = split_to_device(val, setup)
 
     state = {"epoch": 0, "best_dice": -math.inf, "best_epoch": 0, "best_model": None, "history": []}
     if (out_dir / LAST_CHECKPOINT).exists():
-        state = _load_checkpoint(
-            out_dir / LAST_CHECKPOINT, config, model, optimizer, scheduler, generator, setup
+        state, optimizer_state, scheduler_state = load_checkpoint(
+            out_dir / LAST_CHECKPOINT, config, model, generator, setup
         )
-        _write_history(out_dir, state["history"])
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+        write_history(out_dir, state["history"])
     previous_seconds = sum(row["seconds"] for row in state["history"])  # epochs trained before a resume
     write_status(out_dir, "running", epoch=state["epoch"])
 
@@ -154,7 +156,7 @@ def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool)
         train_loss = _train_epoch(step_model, optimizer, train_images, train_masks, generator, setup, cfg,
                                   augment_batch if cfg.augment else None)  # fmt: skip
         scheduler.step()
-        val_loss, val_dice = _validate(step_model, val_images, val_masks, setup, cfg)
+        val_loss, val_dice = validate(step_model, val_images, val_masks, setup, cfg)
         train_loss, val_loss, val_dice = torch.stack(
             [train_loss, val_loss, val_dice]
         ).tolist()  # the one sync
@@ -167,13 +169,21 @@ def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool)
         state["history"].append(
             dict(zip(HISTORY_COLUMNS, (epoch, train_loss, val_loss, val_dice, lr, seconds)))
         )
-        _write_history(out_dir, state["history"])
+        write_history(out_dir, state["history"])
         state["epoch"] = epoch
         if epoch > cfg.min_best_epoch and val_dice > state["best_dice"]:
-            state.update(best_dice=val_dice, best_epoch=epoch, best_model=_clone_state(model))
+            state.update(best_dice=val_dice, best_epoch=epoch, best_model=clone_state(model))
         stopped_early = state["best_epoch"] > 0 and epoch - state["best_epoch"] > cfg.patience
         if stopped_early or epoch % cfg.checkpoint_every == 0 or epoch == cfg.max_epochs:
-            _save_checkpoint(out_dir / LAST_CHECKPOINT, config, model, optimizer, scheduler, generator, state)
+            save_checkpoint(
+                out_dir / LAST_CHECKPOINT,
+                config,
+                model,
+                optimizer.state_dict(),
+                scheduler.state_dict(),
+                generator,
+                state,
+            )
             write_status(out_dir, "running", epoch=epoch)
         bar.set_postfix(
             loss=f"{train_loss:.4f}", val_dice=f"{val_dice:.4f}", best=state["best_epoch"], refresh=False
@@ -183,14 +193,62 @@ def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool)
             break
     bar.close()
 
+    # Wall time of this session (set-up, training, evaluation) plus the epochs of earlier sessions.
+    return finish_run(
+        config,
+        out_dir,
+        model,
+        test,
+        setup,
+        state,
+        stopped_early=stopped_early,
+        seconds_before=previous_seconds,
+        started=started,
+    )
+
+
+def finish_run(
+    config: RunConfig,
+    out_dir: Path,
+    model: torch.nn.Module,
+    test: Any,
+    setup: DeviceSetup,
+    state: dict[str, Any],
+    *,
+    stopped_early: bool,
+    seconds_before: float,
+    started: float,
+) -> dict[str, Any]:
+    """End a run after its last epoch: best checkpoint, test evaluation, ``status.json``, ``metrics.json``.
+
+    Shared by :func:`train_run` and :func:`ablation.train.packed.train_packed`, so both write the same files.
+
+    Args:
+        config: the run's configuration.
+        out_dir: the run folder.
+        model: the run's network with its final weights; it is left holding the best weights.
+        test: the test split (a PreparedSplit).
+        setup: device, autocast dtype and memory format.
+        state: early-stopping state (``epoch``, ``best_dice``, ``best_epoch``, ``best_model``, ``history``);
+            when no epoch qualified as best, the final weights become the best model (``state`` is updated).
+        stopped_early: the patience ran out before ``max_epochs``.
+        seconds_before: seconds already spent on the run (earlier sessions, set-up not timed by ``started``).
+        started: ``time.perf_counter()`` when the timed part of this session began; ``metrics.json`` records
+            ``seconds_before`` plus the time since ``started``.
+
+    Returns:
+        The content of ``metrics.json``, written last: the run is done exactly when that file exists.
+    """
+    from ablation.models import model_summary
+
     if state["best_model"] is None:  # no epoch after min_best_epoch: fall back to the final weights
         state.update(best_dice=state["history"][-1]["val_dice"], best_epoch=state["epoch"])
-        state["best_model"] = _clone_state(model)
+        state["best_model"] = clone_state(model)
     best = {"model": state["best_model"], "config": to_dict(config), "epoch": state["best_epoch"]}
     _save(out_dir / BEST_CHECKPOINT, {**best, "val_dice": state["best_dice"], "run_id": run_id(config)})
     model.load_state_dict(state["best_model"])
 
-    summary = _evaluate_test(model, test, setup, cfg, out_dir)
+    summary = evaluate_test(model, test, setup, config.train, out_dir)
     result = {
         "status": "done",
         "run_id": run_id(config),
@@ -206,8 +264,7 @@ def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool)
         "epochs_run": state["epoch"],
         "stopped_early": stopped_early,
         **model_summary(config.model),
-        # Wall time of this session (set-up, training, evaluation) plus the epochs of earlier sessions.
-        "seconds": previous_seconds + time.perf_counter() - started,
+        "seconds": seconds_before + time.perf_counter() - started,
         "device": setup.name,
         **summary,
     }
@@ -253,10 +310,18 @@ def _train_epoch(
 
 
 @torch.no_grad()
-def _validate(
+def validate(
     model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, setup: DeviceSetup, cfg: TrainConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean per-image loss and Dice (the paper's formula at the threshold) as device scalars."""
+    """Mean per-image loss and Dice (the paper's formula at the threshold) as device scalars.
+
+    Args:
+        images: (N, 3, H, W) uint8 on the device.
+        masks: (N, 1, H, W) uint8 on the device.
+
+    Returns:
+        The mean loss and mean Dice over the N images, each a 0-d tensor on the device (no host sync).
+    """
     model.eval()
     cut = logit_threshold(cfg.threshold)
     loss_sum = torch.zeros((), device=setup.device)
@@ -273,10 +338,14 @@ def _validate(
     return loss_sum / images.shape[0], dice_sum / images.shape[0]
 
 
-def _evaluate_test(
+def evaluate_test(
     model: torch.nn.Module, test: Any, setup: DeviceSetup, cfg: TrainConfig, out_dir: Path
 ) -> dict[str, float]:
-    """Score the best model on the test split; write test_metrics.csv, predictions.npz, masked_metrics.csv."""
+    """Score the best model on the test split; write test_metrics.csv, predictions.npz, masked_metrics.csv.
+
+    Returns:
+        The summary of :func:`ablation.train.metrics.evaluate_predictions` (``dice_mean``, ...).
+    """
     options = {"batch_size": cfg.eval_batch_size, "threshold": cfg.threshold}
     preds = predict_masks(model, test.images, setup, **options)
     rows, summary = evaluate_predictions(preds, test.masks, test.instances, names=list(test.names))
@@ -300,24 +369,27 @@ def _evaluate_test(
     return summary
 
 
-def _to_device(split: Any, setup: DeviceSetup) -> tuple[torch.Tensor, torch.Tensor]:
+def split_to_device(split: Any, setup: DeviceSetup) -> tuple[torch.Tensor, torch.Tensor]:
     """A PreparedSplit's arrays as (N, 3, H, W) and (N, 1, H, W) uint8 tensors on the device."""
     images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2).contiguous()
     masks = torch.from_numpy(np.ascontiguousarray(split.masks))[:, None]
     return images.to(setup.device), masks.to(setup.device)
 
 
-def _derived_seed(seed: int, purpose: str) -> int:
+def derived_seed(seed: int, purpose: str) -> int:
     """A seed for one purpose, decorrelated from ``seed`` itself (which seeds the global RNG)."""
     return int(np.random.SeedSequence([seed, sum(map(ord, purpose))]).generate_state(1)[0])
 
 
-def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # A device-side copy: no host transfer, no synchronisation.
+def clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's state dict (the best model so far), kept on the device.
+
+    A device-side copy: no host transfer, no synchronisation.
+    """
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
 
-def _write_config(
+def write_run_config(
     out_dir: Path, config: RunConfig, setup: DeviceSetup, fingerprint: str, record: dict
 ) -> None:
     """config.json at the start of a run; a resumed run keeps the original but must have the same identity."""
@@ -335,7 +407,8 @@ def _write_config(
     )
 
 
-def _write_history(out_dir: Path, history: list[dict[str, float]]) -> None:
+def write_history(out_dir: Path, history: list[dict[str, float]]) -> None:
+    """Rewrite history.csv with one row per epoch (the columns of :data:`HISTORY_COLUMNS`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -344,6 +417,7 @@ def _write_history(out_dir: Path, history: list[dict[str, float]]) -> None:
 
 
 def _save(path: Path, obj: dict[str, Any]) -> None:
+    # torch.save into memory first so the file appears whole (atomic write) or not at all.
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -356,40 +430,52 @@ def _rng_states(generator: torch.Generator) -> dict[str, Any]:
     return states
 
 
-def _save_checkpoint(
+def save_checkpoint(
     path: Path,
     config: RunConfig,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    optimizer_state: dict[str, Any],
+    scheduler_state: dict[str, Any],
     generator: torch.Generator,
     state: dict[str, Any],
 ) -> None:
-    """checkpoint_last.pt: everything to continue after ``state["epoch"]`` exactly as if never stopped."""
+    """checkpoint_last.pt: everything to continue after ``state["epoch"]`` exactly as if never stopped.
+
+    Args:
+        path: the checkpoint file.
+        config: the run's configuration (its run id guards against resuming another run).
+        model: the network; its state dict is saved.
+        optimizer_state: ``optimizer.state_dict()`` of the run's Adam.
+        scheduler_state: ``scheduler.state_dict()`` of its CosineAnnealingWarmRestarts.
+        generator: the run's data generator; its state is saved with the global torch RNG states.
+        state: ``epoch``, ``best_dice``, ``best_epoch``, ``best_model``, ``history``.
+    """
     _save(
         path,
         {
             "run_id": run_id(config),
             "config": to_dict(config),
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "optimizer": optimizer_state,
+            "scheduler": scheduler_state,
             "rng": _rng_states(generator),
             **state,
         },
     )
 
 
-def _load_checkpoint(
-    path: Path,
-    config: RunConfig,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    generator: torch.Generator,
-    setup: DeviceSetup,
-) -> dict[str, Any]:
-    """Restore a checkpoint_last.pt into the given objects; returns the early-stopping state and history."""
+def load_checkpoint(
+    path: Path, config: RunConfig, model: torch.nn.Module, generator: torch.Generator, setup: DeviceSetup
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Restore a checkpoint_last.pt into the model, the global torch RNGs and the run's data generator.
+
+    Returns:
+        The early-stopping state (``epoch``, ``best_dice``, ``best_epoch``, ``best_model``, ``history``), the
+        optimiser's state dict and the scheduler's state dict (for their ``load_state_dict``).
+
+    Raises:
+        AblationError: an unreadable checkpoint, or one that belongs to another run.
+    """
     try:
         saved = torch.load(path, map_location=setup.device, weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises several types for damaged files
@@ -399,11 +485,9 @@ def _load_checkpoint(
     if saved.get("run_id") != run_id(config):
         raise AblationError(f"checkpoint {path} belongs to run {saved.get('run_id')}, not {run_id(config)}")
     model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"]["torch"].cpu())
     generator.set_state(saved["rng"]["generator"].cpu())
     if setup.is_cuda and "cuda" in saved["rng"]:
         torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), setup.device)
     keys = ("epoch", "best_dice", "best_epoch", "best_model", "history")
-    return {key: copy.copy(saved[key]) for key in keys}
+    return {key: copy.copy(saved[key]) for key in keys}, saved["optimizer"], saved["scheduler"]

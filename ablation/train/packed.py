@@ -50,13 +50,12 @@ from torch import nn
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
-from ablation.config import RunConfig, TrainConfig, to_dict
+from ablation.config import RunConfig, TrainConfig
 from ablation.errors import AblationError
-from ablation.io import atomic_write_json, read_json
+from ablation.io import read_json
 from ablation.packing import MASKABLE_CONNECTORS, can_pack, group_for_packing  # noqa: F401 - re-exported
 from ablation.skips import NUM_SKIPS, skip_flags
 from ablation.store import (
-    BEST_CHECKPOINT,
     CONFIG_FILE,
     LAST_CHECKPOINT,
     METRICS_FILE,
@@ -414,19 +413,6 @@ class _Variant:
     scheduler_state: dict[str, Any] | None = None
 
 
-class _StateHolder:
-    """Stands in for an optimiser or scheduler where loop.py's checkpoint helpers only call (load_)state_dict."""
-
-    def __init__(self, state: dict[str, Any] | None = None) -> None:
-        self.state = state
-
-    def state_dict(self) -> dict[str, Any] | None:
-        return self.state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state = state
-
-
 def train_packed(
     configs: Sequence[RunConfig],
     out_dirs: Sequence[str | Path],
@@ -523,28 +509,26 @@ def _prepare_variant(
     train, val, test, record = run_splits(
         prepared, fold=config.fold, repeat=config.repeat, num_folds=config.num_folds
     )
-    loop._write_config(out_dir, config, setup, prepared.fingerprint, record)
+    loop.write_run_config(out_dir, config, setup, prepared.fingerprint, record)
     torch.manual_seed(config.seed)  # weight init, as in train_run
     model = to_memory_format(build_model(config.model).to(setup.device), setup)
-    generator = torch.Generator(device=setup.device).manual_seed(loop._derived_seed(config.seed, "data"))
+    generator = torch.Generator(device=setup.device).manual_seed(loop.derived_seed(config.seed, "data"))
     variant = _Variant(
         position=position,
         config=config,
         out_dir=out_dir,
         model=model,
         generator=generator,
-        train=loop._to_device(train, setup),
-        val=loop._to_device(val, setup),
+        train=loop.split_to_device(train, setup),
+        val=loop.split_to_device(val, setup),
         test=test,
         state={"epoch": 0, "best_dice": -math.inf, "best_epoch": 0, "best_model": None, "history": []},
     )
     if (out_dir / LAST_CHECKPOINT).exists():
-        optimizer, scheduler = _StateHolder(), _StateHolder()
-        variant.state = loop._load_checkpoint(
-            out_dir / LAST_CHECKPOINT, config, model, optimizer, scheduler, generator, setup
+        variant.state, variant.optimizer_state, variant.scheduler_state = loop.load_checkpoint(
+            out_dir / LAST_CHECKPOINT, config, model, generator, setup
         )
-        variant.optimizer_state, variant.scheduler_state = optimizer.state, scheduler.state
-        loop._write_history(out_dir, variant.state["history"])
+        loop.write_history(out_dir, variant.state["history"])
     write_status(out_dir, "running", epoch=variant.state["epoch"])
     variant.setup_seconds = time.perf_counter() - started
     return variant
@@ -580,7 +564,7 @@ def _train_pack(
         train_losses = _train_epoch(pack, images, masks, [v.generator for v in variants], setup, cfg)
         pack.scheduler.step()
         validation = [
-            loop._validate(pack.export(k, v.model), *v.val, setup, cfg) for k, v in enumerate(variants)
+            loop.validate(pack.export(k, v.model), *v.val, setup, cfg) for k, v in enumerate(variants)
         ]
         numbers = torch.stack(
             [
@@ -656,25 +640,25 @@ def _end_epoch(variant: _Variant, pack: ModelPack, k: int, epoch: int, row: tupl
 
     cfg, state = variant.config.train, variant.state
     state["history"].append(dict(zip(loop.HISTORY_COLUMNS, row)))
-    loop._write_history(variant.out_dir, state["history"])
+    loop.write_history(variant.out_dir, state["history"])
     state["epoch"] = epoch
     val_dice = row[3]
     if epoch > cfg.min_best_epoch and val_dice > state["best_dice"]:
-        state.update(best_dice=val_dice, best_epoch=epoch, best_model=loop._clone_state(variant.model))
+        state.update(best_dice=val_dice, best_epoch=epoch, best_model=loop.clone_state(variant.model))
     stopped_early = state["best_epoch"] > 0 and epoch - state["best_epoch"] > cfg.patience
     state["stopped_early"] = stopped_early
     if stopped_early or epoch % cfg.checkpoint_every == 0 or epoch == cfg.max_epochs:
-        optimizer = _StateHolder(pack.optimizer_state(k, variant.model))
-        scheduler = _StateHolder(pack.scheduler.state_dict())
+        optimizer_state = pack.optimizer_state(k, variant.model)
+        scheduler_state = pack.scheduler.state_dict()
         checkpoint_state = {
             key: state[key] for key in ("epoch", "best_dice", "best_epoch", "best_model", "history")
         }
-        loop._save_checkpoint(
+        loop.save_checkpoint(
             variant.out_dir / LAST_CHECKPOINT,
             variant.config,
             variant.model,
-            optimizer,
-            scheduler,
+            optimizer_state,
+            scheduler_state,
             variant.generator,
             checkpoint_state,
         )
@@ -683,47 +667,22 @@ def _end_epoch(variant: _Variant, pack: ModelPack, k: int, epoch: int, row: tupl
 
 
 def _finish(variant: _Variant, setup: DeviceSetup) -> dict[str, Any]:
-    """Best checkpoint, test evaluation and metrics.json, as train_run writes them after its epoch loop."""
-    from ablation.models import model_summary
+    """Best checkpoint, test evaluation and metrics.json, written by train_run's own :func:`finish_run`."""
     from ablation.train import loop
 
     started = time.perf_counter()
-    config, state, model = variant.config, variant.state, variant.model
-    if state["best_model"] is None:  # no epoch after min_best_epoch: fall back to the final weights
-        state.update(best_dice=state["history"][-1]["val_dice"], best_epoch=state["epoch"])
-        state["best_model"] = loop._clone_state(model)
-    best = {"model": state["best_model"], "config": to_dict(config), "epoch": state["best_epoch"]}
-    loop._save(
-        variant.out_dir / BEST_CHECKPOINT, {**best, "val_dice": state["best_dice"], "run_id": run_id(config)}
+    state = variant.state
+    # Its share of the pack's epochs (each epoch's wall time / variants training, earlier sessions included)
+    # plus its own set-up and evaluation.
+    seconds_before = sum(row["seconds"] for row in state["history"]) + variant.setup_seconds
+    return loop.finish_run(
+        variant.config,
+        variant.out_dir,
+        variant.model,
+        variant.test,
+        setup,
+        state,
+        stopped_early=state.get("stopped_early", False),
+        seconds_before=seconds_before,
+        started=started,
     )
-    model.load_state_dict(state["best_model"])
-    summary = loop._evaluate_test(model, variant.test, setup, config.train, variant.out_dir)
-    result = {
-        "status": "done",
-        "run_id": run_id(config),
-        "run_name": run_name(config),
-        "dataset": config.dataset,
-        "connector": config.model.connector,
-        "skips": config.model.skips,
-        "seed": config.seed,
-        "fold": config.fold,
-        "repeat": config.repeat,
-        "best_epoch": state["best_epoch"],
-        "best_val_dice": state["best_dice"],
-        "epochs_run": state["epoch"],
-        "stopped_early": state.get("stopped_early", False),
-        **model_summary(config.model),
-        # Its share of the pack's epochs (each epoch's wall time / variants training, earlier sessions included)
-        # plus its own set-up and evaluation.
-        "seconds": sum(row["seconds"] for row in state["history"])
-        + variant.setup_seconds
-        + time.perf_counter()
-        - started,
-        "device": setup.name,
-        **summary,
-    }
-    write_status(variant.out_dir, "done", epoch=state["epoch"])
-    atomic_write_json(
-        variant.out_dir / METRICS_FILE, result
-    )  # last: the run is done exactly when this exists
-    return result
