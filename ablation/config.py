@@ -7,6 +7,7 @@ from JSON/TOML go through :func:`from_dict`, which rejects unknown keys with the
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,37 @@ CONNECTORS: dict[str, str] = {
     "cca": "plain skips, channel-wise cross attention in each decoder block (Base+CCA)",
     "uctransnet": "CCT + CCA (UCTransNet)",
 }
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def _check_range(
+    key: str,
+    value: float,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    below: float | None = None,
+    exclusive_minimum: bool = False,
+) -> None:
+    """Raise AblationError naming ``key`` unless ``value`` is a finite number inside the bounds."""
+    bounds = []
+    if minimum is not None:
+        bounds.append(f"{'>' if exclusive_minimum else '>='} {minimum}")
+    if maximum is not None:
+        bounds.append(f"<= {maximum}")
+    if below is not None:
+        bounds.append(f"< {below}")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if exclusive_minimum else value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if ok and below is not None:
+        ok = value < below
+    if not ok:
+        raise AblationError(f"config key {key!r} must be {' and '.join(bounds)}, got {value!r}")
 
 
 def check_connector(name: str) -> str:
@@ -49,10 +81,14 @@ class ModelConfig:
         check_connector(self.connector)
         object.__setattr__(self, "skips", parse_skips(self.skips))
         object.__setattr__(self, "patch_sizes", tuple(self.patch_sizes))
-        if self.img_size % 16:
-            raise AblationError(f"img_size {self.img_size} must be a multiple of 16 (four 2x poolings)")
-        if self.base_channels < 1:
-            raise AblationError(f"base_channels must be positive, got {self.base_channels}")
+        if self.img_size < 16 or self.img_size % 16:
+            raise AblationError(
+                f"model.img_size {self.img_size} must be a positive multiple of 16 (four 2x poolings)"
+            )
+        for key in ("in_channels", "num_classes", "base_channels", "num_heads", "num_layers", "expand_ratio"):
+            _check_range(f"model.{key}", getattr(self, key), minimum=1)
+        for key in ("embedding_dropout", "attention_dropout", "mlp_dropout"):
+            _check_range(f"model.{key}", getattr(self, key), minimum=0.0, below=1.0)
 
 
 @dataclass(frozen=True)
@@ -80,6 +116,22 @@ class TrainConfig:
     save_predictions: int = 8  # first N test images' predictions kept for qualitative figures
     test_time_masks: bool = False  # also evaluate a model trained with all skips under all 16 runtime masks
 
+    def __post_init__(self) -> None:
+        for key in ("max_epochs", "batch_size", "scheduler_t0", "scheduler_t_mult", "checkpoint_every"):
+            _check_range(f"train.{key}", getattr(self, key), minimum=1)
+        _check_range("train.eval_batch_size", self.eval_batch_size, minimum=1)
+        for key in ("patience", "min_best_epoch", "save_predictions"):
+            _check_range(f"train.{key}", getattr(self, key), minimum=0)
+        _check_range("train.lr", self.lr, minimum=0.0, exclusive_minimum=True)
+        for key in ("weight_decay", "scheduler_eta_min"):
+            _check_range(f"train.{key}", getattr(self, key), minimum=0.0)
+        _check_range("train.bce_weight", self.bce_weight, minimum=0.0, maximum=1.0)
+        _check_range("train.threshold", self.threshold, minimum=0.0, exclusive_minimum=True, below=1.0)
+        if self.precision not in PRECISIONS:
+            raise AblationError(
+                f"unknown train.precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
+            )
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -93,6 +145,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        _check_range("num_folds", self.num_folds, minimum=2)
+        _check_range("repeat", self.repeat, minimum=0)
         if self.fold is not None and not 0 <= self.fold < self.num_folds:
             raise AblationError(f"fold {self.fold} out of range: choose 0..{self.num_folds - 1}")
 

@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ablation.errors import AblationError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -34,7 +36,9 @@ RECORDED_PACKAGES = (
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one, never a part."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent)
+    if path.is_dir():
+        raise AblationError(f"cannot write {path}: it is a folder")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -66,8 +70,37 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
+def ensure_folder(path: str | Path) -> Path:
+    """Create ``path`` (and its parents) as a folder; a file in the way is an AblationError naming it."""
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.exists() and not candidate.is_dir():
+            raise AblationError(f"{candidate} is a file, not a folder: choose another output location")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AblationError(f"cannot create folder {path}: {error.strerror or error}") from None
+    return path
+
+
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """Parse a JSON file; a missing, unreadable or invalid file is an AblationError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AblationError(f"file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise AblationError(f"cannot read {path}: {reason}") from None
+
+
+def read_json_table(path: str | Path) -> dict[str, Any]:
+    """Like :func:`read_json`, but the content must be a JSON object (a table of keys)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise AblationError(f"cannot read {path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:

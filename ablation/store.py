@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ablation.config import RunConfig, to_dict
-from ablation.io import atomic_write_json, read_json, stable_hash
+from ablation.errors import AblationError
+from ablation.io import atomic_write_json, read_json_table, stable_hash
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -82,18 +83,22 @@ def run_status(run_dir: str | Path) -> str:
     status_path = run_dir / STATUS_FILE
     if status_path.exists():
         try:
-            status = str(read_json(status_path).get("status", ""))
-        except (OSError, ValueError):
-            return "running"
+            status = str(read_json_table(status_path).get("status", ""))
+        except AblationError:
+            return "running"  # a status being replaced or damaged: the run started and did not finish
         return "failed" if status.startswith("failed") else "running"
     return "pending"
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
+    """The run's status.json as a dict (a damaged file reads as ``failed: <reason>``)."""
     path = Path(run_dir) / STATUS_FILE
     if not path.exists():
         return {"status": run_status(run_dir)}
-    return read_json(path)
+    try:
+        return read_json_table(path)
+    except AblationError as error:
+        return {"status": f"failed: {error}", "error": str(error)}
 
 
 def write_status(run_dir: str | Path, status: str, **extra: Any) -> None:

@@ -1,0 +1,150 @@
+"""Shared modules: skip subsets, configs, atomic IO and run-folder status."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ablation.config import ModelConfig, RunConfig, TrainConfig, apply_overrides, from_dict, to_dict
+from ablation.errors import AblationError
+from ablation.io import atomic_write_json, atomic_write_text, ensure_folder, read_json, read_json_table
+from ablation.skips import (
+    ALL_SUBSETS,
+    PAPER_SUBSETS,
+    expand_subsets,
+    paper_label,
+    parse_skips,
+    skip_flags,
+    skip_label,
+)
+from ablation.store import STATUS_FILE, run_id, run_name, run_status, split_name
+
+
+@pytest.mark.parametrize(
+    ("spec", "canonical"),
+    [
+        ("1011", "1011"),
+        ("L1+L3+L4", "1011"),
+        ("l2", "0100"),
+        ("all", "1111"),
+        ("NONE", "0000"),
+        ("L4+L1", "1001"),
+    ],
+)
+def test_skip_forms(spec: str, canonical: str) -> None:
+    assert parse_skips(spec) == canonical
+    assert parse_skips([c == "1" for c in canonical]) == canonical
+
+
+@pytest.mark.parametrize("spec", ["10x1", "11111", "L5", "", "2222", "L0", "none,L1", "L1+", 1011])
+def test_invalid_skip_specs_list_the_accepted_forms(spec: object) -> None:
+    with pytest.raises(AblationError, match=r"invalid skip subset .*expected 4 characters .*'all' or 'none'"):
+        parse_skips(spec)  # type: ignore[arg-type]
+
+
+def test_subset_sets_and_labels() -> None:
+    assert len(ALL_SUBSETS) == 16 == len(set(ALL_SUBSETS))
+    assert ALL_SUBSETS[0] == "0000" and ALL_SUBSETS[-1] == "1111"
+    assert len(PAPER_SUBSETS) == 10 and not set(PAPER_SUBSETS) & {s for s in ALL_SUBSETS if s.count("1") == 2}
+    assert expand_subsets("all") == list(ALL_SUBSETS) and expand_subsets("paper") == list(PAPER_SUBSETS)
+    assert expand_subsets(["all", "1111", "L1"]) == ["1111", "1000"]
+    assert skip_flags("0010") == (False, False, True, False)
+    assert [skip_label(s) for s in ("0000", "1111", "1010")] == ["none", "all", "L1+L3"]
+    assert [paper_label(s) for s in ("0010", "1110", "1100")] == ["L3 only", "w/o L4", "L1+L2"]
+
+
+def test_config_round_trip_and_overrides() -> None:
+    config = RunConfig(dataset="glas", fold=2, model=ModelConfig(skips="L1+L2"))
+    assert from_dict(RunConfig, json.loads(json.dumps(to_dict(config)))) == config
+    changed = apply_overrides(config, {"train.lr": "1e-4", "model.connector": "cca", "seed": "3"})
+    assert (changed.train.lr, changed.model.connector, changed.seed) == (1e-4, "cca", 3)
+    with pytest.raises(AblationError, match="unknown config key 'train.lrr': valid keys are max_epochs"):
+        apply_overrides(config, {"train.lrr": 1})
+    with pytest.raises(AblationError, match="unknown config key 'modle'"):
+        from_dict(RunConfig, {"modle": {}})
+    with pytest.raises(AblationError, match="config key 'train.batch_size': expected an integer, got 'four'"):
+        from_dict(RunConfig, {"train": {"batch_size": "four"}})
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("train", {"batch_size": 0}, "'train.batch_size' must be >= 1, got 0"),
+        ("train", {"lr": float("nan")}, "'train.lr' must be > 0.0, got nan"),
+        ("train", {"max_epochs": 0}, "'train.max_epochs' must be >= 1"),
+        ("train", {"scheduler_t0": 0}, "'train.scheduler_t0' must be >= 1"),
+        ("train", {"bce_weight": -1}, "'train.bce_weight' must be >= 0.0 and <= 1.0"),
+        ("train", {"precision": "fp16"}, "unknown train.precision 'fp16': choose one of auto, bf16, fp32"),
+        ("model", {"img_size": 0}, "model.img_size 0 must be a positive multiple of 16"),
+        ("model", {"img_size": 40}, "model.img_size 40 must be a positive multiple of 16"),
+        ("model", {"attention_dropout": 2}, "'model.attention_dropout' must be >= 0.0 and < 1.0"),
+        ("model", {"connector": "foo"}, "unknown connector 'foo': choose one of unet, cct, cca, uctransnet"),
+        ("run", {"num_folds": 1}, "'num_folds' must be >= 2"),
+        ("run", {"fold": 5}, r"fold 5 out of range: choose 0..4"),
+    ],
+)
+def test_invalid_values_name_the_key(section: str, values: dict, message: str) -> None:
+    data = values if section == "run" else {section: values}
+    with pytest.raises(AblationError, match=message):
+        from_dict(RunConfig, data)
+
+
+def test_defaults_are_the_paper_protocol() -> None:
+    train, model = TrainConfig(), ModelConfig()
+    assert (train.batch_size, train.lr, train.scheduler_t0, train.scheduler_eta_min) == (4, 1e-3, 10, 1e-4)
+    assert (train.patience, train.min_best_epoch, train.bce_weight, train.max_epochs) == (50, 5, 0.5, 2000)
+    assert (model.img_size, model.base_channels, model.num_heads, model.num_layers) == (224, 64, 4, 4)
+    assert model.patch_sizes == (16, 8, 4, 2)
+
+
+def test_run_identity_ignores_speed_settings_only() -> None:
+    base = RunConfig(dataset="glas")
+    faster = apply_overrides(base, {"train.eval_batch_size": 64, "train.compile": True, "data_root": "/d"})
+    assert run_id(faster) == run_id(base)
+    assert run_id(apply_overrides(base, {"seed": 1})) != run_id(base)
+    assert run_name(RunConfig(dataset="/x/My Data", fold=1, repeat=2)).startswith(
+        "my-data_unet_1111_s0_r2f1_"
+    )
+    assert split_name(base) == "official"
+
+
+def test_atomic_writes_and_json_errors(tmp_path: Path) -> None:
+    atomic_write_json(tmp_path / "a" / "b.json", {"x": 1})
+    assert read_json_table(tmp_path / "a" / "b.json") == {"x": 1}
+    assert oct(os.stat(tmp_path / "a" / "b.json").st_mode & 0o777) != oct(0o600)
+    assert not list((tmp_path / "a").glob(".*.tmp"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(AblationError, match=r"cannot read .*bad\.json"):
+        read_json(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(AblationError, match=r"list\.json: expected a JSON object, found list"):
+        read_json_table(tmp_path / "list.json")
+    with pytest.raises(AblationError, match="file not found"):
+        read_json(tmp_path / "missing.json")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(AblationError, match=r"afile is a file, not a folder"):
+        atomic_write_text(tmp_path / "afile" / "out.txt", "y")
+    with pytest.raises(AblationError, match=r"afile is a file, not a folder"):
+        ensure_folder(tmp_path / "afile" / "sub")
+
+
+def test_run_status_reads_damaged_files(tmp_path: Path) -> None:
+    assert run_status(tmp_path) == "pending"
+    (tmp_path / STATUS_FILE).write_text("[1]")
+    assert run_status(tmp_path) == "running"
+    atomic_write_json(tmp_path / STATUS_FILE, {"status": "failed: non-finite loss at epoch 3"})
+    assert run_status(tmp_path) == "failed"
+    (tmp_path / "metrics.json").write_text("{}")
+    assert run_status(tmp_path) == "done"
+
+
+def test_cli_turns_file_system_errors_into_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from ablation.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    code = main(["report", str(tmp_path / "afile")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
