@@ -1,22 +1,25 @@
-"""Packed multi-variant training throughput (issue 7): images/s summed over K variants vs a straightforward loop.
+"""Packed multi-variant training throughput (issue 7): images/s summed over K variants vs a plain loop.
 
 Three ways to train, all in this process on the same device:
 
-- ``baseline``: what the reference code's loop amounts to. uint8 arrays on the host, per-sample numpy
-  augmentation (rot90 + flip, else a nearest-neighbour rotation in [-20, 20) degrees), the batch stacked and copied
-  to the device, eager fp32 in NCHW, Adam, ``loss.item()`` after every step (a host synchronisation). Variants
-  run one after another, so its throughput for K variants is its single-run throughput.
-- ``single``: our single-run step (``ablation.train.loop``): data resident on the device, the paper's augmentation
-  batched on the device, bf16 autocast + channels_last on CUDA, fused Adam on CUDA, no host sync in the step.
-- ``packed``: :class:`ablation.train.packed.ModelPack`, K variants in one vmapped forward/backward, each with its
-  own batch from its own generator (input ``(K, B, 3, H, W)``), the same device-side pipeline, bf16 autocast but
-  NCHW (channels_last does not work under vmap on CUDA, see ModelPack).
+- ``baseline``: what the reference code's loop amounts to (``common.baseline_step``). uint8 arrays on the
+  host, per-sample numpy/scipy augmentation (rot90 + flip, else a nearest-neighbour rotation in [-20, 20)
+  degrees), the batch stacked and copied to the device, eager fp32 in NCHW, Adam, ``loss.item()`` after every
+  step (a host synchronisation). Variants run one after another, so its throughput for K variants is its
+  single-run throughput.
+- ``single``: our single-run step (``ablation.train.loop``, ``common.our_step``): data resident on the device,
+  the paper's augmentation batched on the device, bf16 autocast + channels_last on CUDA, fused Adam on CUDA,
+  no host sync in the step.
+- ``packed``: :class:`ablation.train.packed.ModelPack`, K variants in one vmapped forward/backward, each with
+  its own batch from its own generator (input ``(K, B, 3, H, W)``), the same device-side pipeline, bf16
+  autocast but NCHW (channels_last does not work under vmap on CUDA, see ModelPack).
 
-Reported per row: images/s (summed over variants), the ratio to the baseline, ms per step, peak device memory and,
-on CUDA, model FLOPs utilisation: FLOPs of one training step of one variant (forward + backward, counted by
-``torch.utils.flop_counter`` on the meta device) x K x steps/s over the device's dense bf16 peak
-(``--peak-flops``, default 989e12 for H100 SXM). Results go to ``results/benchmarks/packed_training_<device>.json``
-and ``.md``. Needs only torch, numpy and the ``ablation`` package (``PYTHONPATH=.``).
+Reported per row: images/s (summed over variants), the ratio to the baseline, ms per step, peak device memory
+and, on CUDA, model FLOPs utilisation: FLOPs of one training step of one variant (forward + backward, counted
+by ``torch.utils.flop_counter`` on the meta device) x K x steps/s over the device's dense bf16 peak
+(``--peak-flops``, default 989e12 for H100 SXM). Results go to
+``results/benchmarks/packed_training_<device>.json`` and ``.md``. Needs only torch, numpy, scipy and the
+``ablation`` package (``PYTHONPATH=.``).
 
     PYTHONPATH=. python benchmarks/packed_training.py --base 8 --size 64 --k 1,4 --steps 3      # CPU, quick
     PYTHONPATH=. python benchmarks/packed_training.py                                         # GPU defaults
@@ -26,109 +29,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
-import re
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from common import baseline_step, device_slug, measure, our_step, synthetic_arrays, train_step_flops
 
 from ablation.config import ModelConfig, TrainConfig
-from ablation.data.augment import augment_batch
 from ablation.io import atomic_write_json, atomic_write_text
 from ablation.models import build_model
-from ablation.train.device import DeviceSetup, autocast, determinism, setup_device, to_memory_format
-from ablation.train.evaluate import to_input
-from ablation.train.losses import segmentation_loss
+from ablation.train.device import DeviceSetup, determinism, setup_device, to_memory_format
 from ablation.train.packed import ModelPack, sample_batch
 
-# --- the baseline: per-sample numpy augmentation on the host ---------------------------------------------------
-
-
-def rotate_nearest(array: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotate ``(H, W[, C])`` about its centre, nearest neighbour, zero outside (``ndimage.rotate`` order 0)."""
-    height, width = array.shape[:2]
-    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
-    centre_row, centre_col = (height - 1) / 2, (width - 1) / 2
-    angle = math.radians(degrees)
-    # Output pixel -> input pixel: the inverse rotation about the centre.
-    source_row = math.cos(angle) * (rows - centre_row) - math.sin(angle) * (cols - centre_col) + centre_row
-    source_col = math.sin(angle) * (rows - centre_row) + math.cos(angle) * (cols - centre_col) + centre_col
-    source_row, source_col = np.rint(source_row).astype(np.int64), np.rint(source_col).astype(np.int64)
-    inside = (source_row >= 0) & (source_row < height) & (source_col >= 0) & (source_col < width)
-    out = np.zeros_like(array)
-    out[inside] = array[source_row[inside], source_col[inside]]
-    return out
-
-
-def augment_sample(
-    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """The reference's per-sample augmentation of ``(H, W, 3)`` and ``(H, W)`` uint8 arrays."""
-    if rng.random() < 0.5:
-        k, axis = int(rng.integers(0, 4)), int(rng.integers(0, 2))
-        image, mask = np.flip(np.rot90(image, k), axis), np.flip(np.rot90(mask, k), axis)
-    elif rng.random() < 0.5:
-        angle = float(rng.integers(-20, 20))
-        image, mask = rotate_nearest(image, angle), rotate_nearest(mask, angle)
-    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
-
-
-def baseline_step_fn(config: ModelConfig, data: dict[str, Any], device: torch.device, batch: int) -> Callable:
-    torch.manual_seed(0)
-    model = build_model(config).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rng = np.random.default_rng(0)
-    images, masks = data["host_images"], data["host_masks"]
-
-    def step() -> None:
-        pairs = [augment_sample(images[i], masks[i], rng) for i in rng.integers(0, len(images), batch)]
-        x = (
-            torch.from_numpy(np.stack([p[0] for p in pairs]))
-            .permute(0, 3, 1, 2)
-            .float()
-            .div(255.0)
-            .to(device)
-        )
-        y = torch.from_numpy(np.stack([p[1] for p in pairs]))[:, None].float().to(device)
-        loss = segmentation_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        loss.item()  # a host sync every step, as a logging training loop does
-
-    return step
-
-
-# --- ours ------------------------------------------------------------------------------------------------------
-
-
-def single_step_fn(config: ModelConfig, data: dict[str, Any], setup: DeviceSetup, batch: int, compile: bool):
-    torch.manual_seed(0)
-    model = to_memory_format(build_model(config).to(setup.device), setup).train()
-    step_model = torch.compile(model) if compile and setup.is_cuda else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=setup.is_cuda)
-    generator = torch.Generator(device=setup.device).manual_seed(0)
-    images, masks = data["device_images"][0], data["device_masks"][0]  # (N, 3, H, W), (N, 1, H, W)
-    loss_sum = torch.zeros((), device=setup.device)
-
-    def step() -> None:
-        index = torch.randint(0, images.shape[0], (batch,), generator=generator, device=setup.device)
-        batch_images, batch_masks = augment_batch(images[index], masks[index], generator)
-        with autocast(setup):
-            logits = step_model(to_input(batch_images, setup))
-        loss = segmentation_loss(logits, batch_masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum.add_(loss.detach())
-
-    return step
+# --- packs of K variants ------------------------------------------------------------------------------------
 
 
 def packed_step_fn(
@@ -157,7 +73,7 @@ def packed_step_fn(
     return step
 
 
-# --- measuring -------------------------------------------------------------------------------------------------
+# --- measuring ----------------------------------------------------------------------------------------------
 
 
 def build_step(
@@ -170,42 +86,15 @@ def build_step(
     compile: bool,
 ) -> Callable[[], None]:
     if method == "baseline":
-        return baseline_step_fn(config, data, setup.device, batch)
+        return baseline_step(config, data["host_images"], data["host_masks"], setup.device, batch)
     if method == "single":
-        return single_step_fn(config, data, setup, batch, compile)
+        images, masks = data["device_images"][0], data["device_masks"][0]  # (N, 3, H, W), (N, 1, H, W)
+        return our_step(config, images, masks, setup, batch, compile)
     return packed_step_fn(config, k, data, setup, batch, compile)
 
 
-def train_step_flops(config: ModelConfig) -> float:
-    """FLOPs of one training step (forward + backward) of one image, counted on the meta device."""
-    with torch.device("meta"):
-        model = build_model(config)
-        image = torch.empty(1, config.in_channels, config.img_size, config.img_size)
-    with FlopCounterMode(display=False) as counter:
-        model(image).float().sum().backward()
-    return float(counter.get_total_flops())
-
-
-def measure(step: Callable, device: torch.device, warmup: int, steps: int) -> dict[str, float | None]:
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - start) / steps
-    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"ms_per_step": 1000 * seconds, "peak_memory_gib": memory}
-
-
 def synthetic_data(size: int, count: int, device: torch.device) -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
-    masks = (rng.random((count, size, size)) < 0.3).astype(np.uint8)
+    images, masks = synthetic_arrays(size, count)
     return {
         "host_images": images,
         "host_masks": masks,
@@ -214,18 +103,15 @@ def synthetic_data(size: int, count: int, device: torch.device) -> dict[str, Any
     }
 
 
-def device_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
 def markdown_table(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"# Packed training throughput on {meta['device']}",
         "",
-        f"base {meta['base']}, {meta['size']} px, batch {meta['batch']} per variant, {meta['steps']} timed steps "
-        f"after {meta['warmup']} warm-up; ours: {meta['precision']}, channels_last={meta['channels_last']}, "
-        f"compile={meta['compile']}, cudnn.benchmark={meta['cudnn_benchmark']}; baseline: eager fp32, "
-        "per-sample numpy augmentation on the host, a host sync per step. MFU against "
+        f"base {meta['base']}, {meta['size']} px, batch {meta['batch']} per variant, "
+        f"{meta['steps']} timed steps after {meta['warmup']} warm-up; ours: {meta['precision']}, "
+        f"channels_last={meta['channels_last']}, compile={meta['compile']}, "
+        f"cudnn.benchmark={meta['cudnn_benchmark']}; baseline: eager fp32, per-sample numpy augmentation on "
+        "the host, a host sync per step. MFU against "
         f"{meta['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16. torch {meta['torch']}.",
         "",
         "| model | method | K | images/s (sum) | x baseline | ms/step | MFU | peak GiB |",
