@@ -143,9 +143,13 @@ def test_native_size_keeps_pixels_and_instance_ids(tmp_path: Path) -> None:
 
 
 def test_instances_folder_is_preferred_over_labelcol_ids(tmp_path: Path) -> None:
-    write_reference(tmp_path / "ds", {"train": 2, "test": 2}, size=(16, 16))
+    written = write_reference(tmp_path / "ds", {"train": 2, "test": 2}, size=(16, 16))
+    for split, samples in written.items():
+        folder = tmp_path / "ds" / readers.SPLIT_FOLDERS[split] / "instances"
+        folder.mkdir()
+        for name, (_, label) in samples.items():
+            Image.fromarray((label > 0).astype(np.uint16)).save(folder / f"{name}.png")
     folder = tmp_path / "ds" / "Train_Folder"
-    (folder / "instances").mkdir()
     ids = np.zeros((16, 16), dtype=np.uint16)
     ids[2:6, 3:9] = 700
     ids[9:14, 10:16] = 3
@@ -157,6 +161,19 @@ def test_instances_folder_is_preferred_over_labelcol_ids(tmp_path: Path) -> None
     ids[0, 0] = 9  # an instance map must cover exactly the mask's pixels
     Image.fromarray(ids).save(folder / "instances" / "train1.png")
     with pytest.raises(AblationError, match="instance map .*train1.png does not cover the same pixels"):
+        load_prepared(str(tmp_path / "ds"), img_size=16, cache_dir=tmp_path / "cache")
+
+
+def test_instance_maps_for_some_images_only_are_refused(tmp_path: Path) -> None:
+    # With 0/255 labelcol masks, an image without an instance map would count as one object.
+    write_reference(tmp_path / "ds", {"train": 2, "test": 2}, size=(16, 16))
+    folder = tmp_path / "ds" / "Train_Folder"
+    (folder / "instances").mkdir()
+    ids = np.zeros((16, 16), dtype=np.uint16)
+    ids[2:6, 3:9] = 1
+    ids[9:14, 10:16] = 2
+    Image.fromarray(ids).save(folder / "instances" / "train1.png")
+    with pytest.raises(AblationError, match=r"image .*train2.png has no instance map .*instances/train2.png"):
         load_prepared(str(tmp_path / "ds"), img_size=16, cache_dir=tmp_path / "cache")
 
 
@@ -257,7 +274,69 @@ def _not_a_layout(root: Path) -> str:
     return "not in the reference layout: .*official GlaS download.*glas-official"
 
 
+def _mask_with_other_values(root: Path) -> str:
+    # One mask with a stray value among 0/255 masks: read as ids it would make every other mask one object.
+    label = np.zeros((16, 20), dtype=np.uint8)
+    label[2:6, 3:9] = 7
+    Image.fromarray(label).save(root / "Train_Folder" / "labelcol" / "train2.png")
+    return (
+        r"mask .*train2.png holds values \{0, 7\}: expected binary \{0, 255\}/\{0, 1\} masks like the other "
+        "files, or instance ids in every file"
+    )
+
+
+def _mask_with_255_and_other_values(root: Path) -> str:
+    label = np.zeros((16, 20), dtype=np.uint8)
+    label[2:6, 3:9] = 255
+    label[9:12, 3:9] = 7
+    Image.fromarray(label).save(root / "Test_Folder" / "labelcol" / "test2.png")
+    return r"mask .*test2.png holds values \{0, 7, 255\}: 255 marks binary foreground"
+
+
+def _sixteen_bit_ids_among_binary_masks(root: Path) -> str:
+    label = np.zeros((16, 20), dtype=np.uint16)
+    label[2:6, 3:9] = 10964
+    Image.fromarray(label).save(root / "Train_Folder" / "labelcol" / "train1.png")
+    return r"mask .*train1.png holds values \{0, 10964\}: expected binary"
+
+
+def _colour_mask(root: Path) -> str:
+    label = np.zeros((16, 20, 3), dtype=np.uint8)
+    label[2:6, 3:9] = (255, 0, 0)
+    label[9:12, 3:9] = 255
+    Image.fromarray(label).save(root / "Train_Folder" / "labelcol" / "train1.png")
+    return "mask .*train1.png is RGB: expected a single-channel mask"
+
+
+def _broken_link_image(root: Path) -> str:
+    image = root / "Train_Folder" / "img" / "train2.png"
+    image.unlink()
+    image.symlink_to(root / "nowhere.png")
+    return "img/train2.png is a broken link .*nowhere.png.*: fix or remove it"
+
+
+def _folder_named_like_an_image(root: Path) -> str:
+    (root / "Train_Folder" / "img" / "extra.png").mkdir()
+    Image.new("L", (20, 16)).save(root / "Train_Folder" / "labelcol" / "extra.png")
+    return "img/extra.png is a folder, not an image file"
+
+
+def _root_is_a_file(root: Path) -> str:
+    for path in sorted(root.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    root.rmdir()
+    root.write_text("not a dataset")
+    return "dataset '.*ds' is a file, not a folder: give a folder in the reference layout"
+
+
 BAD_INPUTS = [
+    _mask_with_other_values,
+    _mask_with_255_and_other_values,
+    _sixteen_bit_ids_among_binary_masks,
+    _colour_mask,
+    _broken_link_image,
+    _folder_named_like_an_image,
+    _root_is_a_file,
     _image_without_mask,
     _mask_without_image,
     _corrupt_image,
@@ -282,6 +361,26 @@ def test_bad_input_gives_one_line_error(tmp_path: Path, monkeypatch, capsys, spo
     )
     assert code == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_cache_folder_that_is_a_file_is_refused_up_front(tmp_path: Path, monkeypatch, capsys) -> None:
+    write_reference(tmp_path / "ds", {"train": 2, "test": 2})
+    blocker = tmp_path / "afile.txt"
+    blocker.write_text("x")
+    with pytest.raises(AblationError, match=f"cache folder {blocker} is a file: choose a folder"):
+        load_prepared(str(tmp_path / "ds"), img_size=16, cache_dir=blocker)
+    with pytest.raises(
+        AblationError, match=f"cache folder {blocker}/sub cannot be made: {blocker} is a file"
+    ):
+        load_prepared("synthetic-nuclei", img_size=16, cache_dir=blocker / "sub")
+    for cache in (blocker, blocker / "sub"):
+        argv = ["data", "info", "--root", str(tmp_path / "ds"), "--img-size", "16", "--cache-dir", str(cache)]
+        code, out, err = run_cli(monkeypatch, capsys, argv)
+        assert code == 2 and out == "" and err.startswith("error: cache folder") and err.count("\n") == 1
+    root_file = tmp_path / "root.txt"
+    root_file.write_text("x")
+    with pytest.raises(AblationError, match=f"data root {root_file} is a file, not a folder"):
+        load_prepared("glas", img_size=16, data_root=root_file, cache_dir=tmp_path / "cache")
 
 
 def test_unknown_names_list_the_choices(tmp_path: Path) -> None:
@@ -320,8 +419,14 @@ def test_kfold_is_disjoint_covering_and_deterministic() -> None:
     assert folds == kfold(list(reversed(names)), num_folds=5, seed=3, repeat=1)
     assert folds != kfold(names, num_folds=5, seed=3, repeat=2)
     assert folds != kfold(names, num_folds=5, seed=4, repeat=1)
-    with pytest.raises(AblationError, match="num_folds 30 exceeds the 23 images"):
+    with pytest.raises(
+        AblationError,
+        match=r"num_folds 30 exceeds the 23 images .*: set num_folds to at most 23 \(e.g. --set num_folds=2\)"
+        ", or add a Val_Folder",
+    ):
         kfold(names, num_folds=30)
+    with pytest.raises(AblationError, match="exceeds the 1 images .*needs at least 2 training images"):
+        kfold(names[:1], num_folds=2)
     assert paper_protocol() == [(r, f) for r in range(3) for f in range(5)]
 
 
@@ -457,3 +562,79 @@ def test_info_summarises_a_dataset(tmp_path: Path, monkeypatch, capsys) -> None:
     code, out, _ = run_cli(monkeypatch, capsys, argv)
     assert code == 0 and "labels: instance" in out
     assert any(line.split()[:2] == ["train", "3"] for line in out.splitlines())
+    assert info["splits"]["train"]["empty_masks"] == []
+
+
+# --- mask coding ------------------------------------------------------------------------------------------------
+
+
+def _save_masks(folder: Path, masks: dict[str, np.ndarray]) -> None:
+    for name, mask in masks.items():
+        Image.fromarray(mask).save(folder / "labelcol" / f"{name}.png")
+
+
+def test_instance_maps_may_hold_one_object_or_be_16_bit_or_empty(tmp_path: Path, monkeypatch, capsys) -> None:
+    # GlaS as published: ids 0..N per file, a one-gland image holds {0, 1}; empty images exist.
+    write_reference(tmp_path / "ds", {"train": 4, "test": 2}, instance=True)
+    single = np.zeros((16, 20), dtype=np.uint8)
+    single[3:7, 4:9] = 1
+    wide = np.zeros((16, 20), dtype=np.uint16)
+    wide[1:4, 1:5], wide[8:12, 8:14] = 300, 2
+    _save_masks(tmp_path / "ds" / "Train_Folder", {"train1": single, "train2": wide})
+    _save_masks(tmp_path / "ds" / "Train_Folder", {"train3": np.zeros((16, 20), dtype=np.uint8)})
+    prepared = load_prepared(str(tmp_path / "ds"), img_size=16, cache_dir=tmp_path / "cache")
+    assert prepared.label_kind == "instance" and prepared.empty_masks == {"train": ["train3"], "test": []}
+    instances = prepared.splits["train"].instances
+    assert set(np.unique(instances[0])) == {0, 1} and set(np.unique(instances[1])) == {0, 2, 300}
+    assert not instances[2].any() and not prepared.splits["train"].masks[2].any()
+    # The cached copy keeps the list of empty masks; info reports them.
+    cached = load_prepared(str(tmp_path / "ds"), img_size=16, cache_dir=tmp_path / "cache")
+    assert cached.empty_masks == prepared.empty_masks
+    argv = [
+        "data",
+        "info",
+        "--root",
+        str(tmp_path / "ds"),
+        "--img-size",
+        "16",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    code, out, _ = run_cli(monkeypatch, capsys, argv)
+    assert code == 0 and "train: 1 image(s) with an all-zero mask: train3" in out
+    train_row = next(line.split() for line in out.splitlines() if line.startswith("train "))
+    assert train_row[1] == "4" and train_row[4] == "1"  # images, ..., empty
+
+
+def test_binary_masks_may_mix_255_and_1_coding_per_file(tmp_path: Path) -> None:
+    written = write_reference(tmp_path / "ds", {"train": 3, "test": 2}, size=(16, 16))
+    ones = (written["train"]["train1"][1] > 0).astype(np.uint8)
+    grey_rgb = np.repeat(written["train"]["train2"][1][..., None], 3, axis=2)  # a grey mask saved as RGB
+    _save_masks(tmp_path / "ds" / "Train_Folder", {"train1": ones, "train2": grey_rgb})
+    prepared = load_prepared(str(tmp_path / "ds"), img_size=16, cache_dir=tmp_path / "cache")
+    assert prepared.label_kind == "binary" and prepared.splits["train"].instances is None
+    for index, name in enumerate(["train1", "train2", "train3"]):
+        assert np.array_equal(prepared.splits["train"].masks[index], written["train"][name][1] > 0)
+
+
+def test_a_stray_binary_mask_among_instance_maps_is_named(tmp_path: Path) -> None:
+    write_reference(tmp_path / "ds", {"train": 3, "test": 2}, instance=True)
+    stray = np.zeros((16, 20), dtype=np.uint8)
+    stray[2:6, 3:9] = 255
+    _save_masks(tmp_path / "ds" / "Test_Folder", {"test1": stray})
+    with pytest.raises(
+        AblationError,
+        match=r"mask .*test1.png holds values \{0, 255\}: expected instance ids 1..N like the other files, .*"
+        r"\(1 masks hold \{0, 255\}, 4 hold other values\)",
+    ):
+        load_prepared(str(tmp_path / "ds"), img_size=16, cache_dir=tmp_path / "cache")
+
+
+def test_a_dataset_of_zero_one_masks_only_is_binary(tmp_path: Path) -> None:
+    written = write_reference(tmp_path / "ds", {"train": 2, "test": 2}, size=(16, 16))
+    for split, samples in written.items():
+        folder = tmp_path / "ds" / readers.SPLIT_FOLDERS[split]
+        _save_masks(folder, {name: (label > 0).astype(np.uint8) for name, (_, label) in samples.items()})
+    prepared = load_prepared(str(tmp_path / "ds"), img_size=16, cache_dir=tmp_path / "cache")
+    assert prepared.label_kind == "binary"
+    assert np.array_equal(prepared.splits["test"].masks[1], written["test"]["test2"][1] > 0)

@@ -179,6 +179,11 @@ def _missing_folder(root: Path) -> str:
     return "folder .*raw does not exist"
 
 
+def _file_instead_of_folder(root: Path) -> str:
+    root.write_text("not a folder")
+    return "raw is a file, not a folder: give the folder of the official download"
+
+
 @pytest.mark.parametrize(
     "spoil",
     [
@@ -189,6 +194,7 @@ def _missing_folder(root: Path) -> str:
         _corrupt_tif,
         _empty_folder,
         _missing_folder,
+        _file_instead_of_folder,
     ],
     ids=lambda f: f.__name__.strip("_"),
 )
@@ -218,6 +224,51 @@ def test_glas_bad_input(tmp_path: Path) -> None:
         convert(tmp_path / "raw", layout="glas-official", target=tmp_path / "out")
     with pytest.raises(AblationError, match="--split applies to monuseg-official only"):
         convert(tmp_path / "raw", layout="glas-official", target=tmp_path / "out", split="val")
+
+
+def test_glas_files_with_other_names_are_reported(tmp_path: Path, capsys) -> None:
+    write_glas_official(tmp_path / "raw")
+    for name in ["notes.bmp", "train_1_copy.bmp", "Train_3.bmp", "a.bmp", "b.bmp", "c.bmp"]:
+        Image.new("RGB", (4, 4)).save(tmp_path / "raw" / name)
+    assert convert(tmp_path / "raw", layout="glas-official", target=tmp_path / "out") == {
+        "train": 3,
+        "test": 3,
+    }
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: skipped 6 .bmp file(s) in ")
+    assert err.rstrip().endswith("a.bmp, b.bmp, c.bmp, notes.bmp, train_1_copy.bmp and 1 more")
+    only_others = tmp_path / "others"
+    only_others.mkdir()
+    Image.new("RGB", (4, 4)).save(only_others / "slide 1.bmp")
+    with pytest.raises(
+        AblationError, match=r"holds no GlaS files .*its .bmp files \(slide 1.bmp\) do not follow"
+    ):
+        convert(only_others, layout="glas-official", target=tmp_path / "out2")
+
+
+def test_convert_target_that_is_a_file_is_refused_up_front(tmp_path: Path, monkeypatch, capsys) -> None:
+    write_glas_official(tmp_path / "raw")
+    blocker = tmp_path / "afile.txt"
+    blocker.write_text("x")
+    with pytest.raises(AblationError, match=f"--to {blocker} is a file, not a folder"):
+        convert(tmp_path / "raw", layout="glas-official", target=blocker)
+    with pytest.raises(AblationError, match=f"--to {blocker}/GlaS cannot be made: {blocker} is a file"):
+        convert(tmp_path / "raw", layout="glas-official", target=blocker / "GlaS")
+    monkeypatch.setattr(ablation.cli, "COMMAND_MODULES", ("ablation.data.cli",))
+    argv = [
+        "data",
+        "convert",
+        "--from",
+        str(tmp_path / "raw"),
+        "--layout",
+        "glas-official",
+        "--to",
+        str(blocker),
+    ]
+    assert ablation.cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --to ") and err.count("\n") == 1
+    assert blocker.read_text() == "x"
 
 
 def test_unknown_layout_and_split(tmp_path: Path, monkeypatch, capsys) -> None:

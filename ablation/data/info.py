@@ -22,8 +22,9 @@ def dataset_info(
 
     Returns:
         ``{"name", "source", "label_kind", "img_size", "fingerprint", "splits": {split: {"images", "sizes",
-        "foreground", "instances"}}}`` where ``sizes`` maps ``"WxH"`` of the source images to their count and
-        ``instances`` is the total number of objects (None for binary labels).
+        "foreground", "instances", "empty_masks"}}}`` where ``sizes`` maps ``"WxH"`` of the source images to
+        their count, ``instances`` is the total number of objects (None for binary labels) and
+        ``empty_masks`` lists the images whose source mask has no foreground.
     """
     prepared = load_prepared(dataset, img_size=img_size, data_root=data_root, cache_dir=cache_dir)
     splits = {}
@@ -37,6 +38,7 @@ def dataset_info(
             "sizes": dict(sizes.most_common()),
             "foreground": float(split.masks.mean()) if len(split) else 0.0,
             "instances": instances,
+            "empty_masks": list(prepared.empty_masks.get(name, [])),
         }
     return {
         "name": prepared.name,
@@ -54,10 +56,18 @@ def format_info(info: dict[str, Any]) -> str:
         f"dataset {info['name']} ({info['source']})",
         f"labels: {info['label_kind']}; measured at {info['img_size']}x{info['img_size']}; "
         f"fingerprint {info['fingerprint']}",
-        f"{'split':<6} {'images':>6} {'foreground':>10} {'instances':>9}  source sizes (w x h: count)",
+        f"{'split':<6} {'images':>6} {'foreground':>10} {'instances':>9} {'empty':>5}  "
+        "source sizes (w x h: count)",
     ]
     for split, row in info["splits"].items():
         sizes = ", ".join(f"{size}: {count}" for size, count in row["sizes"].items())
         instances = "-" if row["instances"] is None else str(row["instances"])
-        lines.append(f"{split:<6} {row['images']:>6} {row['foreground']:>10.3f} {instances:>9}  {sizes}")
+        empty = len(row["empty_masks"])
+        lines.append(
+            f"{split:<6} {row['images']:>6} {row['foreground']:>10.3f} {instances:>9} {empty:>5}  {sizes}"
+        )
+    for split, row in info["splits"].items():
+        if row["empty_masks"]:
+            names = ", ".join(row["empty_masks"][:5]) + (" ..." if len(row["empty_masks"]) > 5 else "")
+            lines.append(f"{split}: {len(row['empty_masks'])} image(s) with an all-zero mask: {names}")
     return "\n".join(lines)

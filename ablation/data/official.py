@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sys
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,13 +60,26 @@ def scan_glas_official(root: str | Path) -> list[RawSample]:
     root = _existing_folder(root)
     images: dict[str, Path] = {}
     annotations: dict[str, Path] = {}
-    for path in sorted(root.glob("*.bmp")):
+    skipped: list[str] = []
+    for path in sorted(root.glob("*.bmp"), key=lambda p: readers.natural_key(p.name)):
         match = _GLAS_NAME.match(path.stem)
         if match is None:
+            skipped.append(path.name)
             continue
         (annotations if match.group(3) else images)[f"{match.group(1)}_{match.group(2)}"] = path
+    shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
     if not images and not annotations:
-        raise AblationError(f"{root} holds no GlaS files (train_N.bmp, train_N_anno.bmp, testA_N.bmp, ...)")
+        found = f"; its .bmp files ({shown}) do not follow that naming" if skipped else ""
+        raise AblationError(
+            f"{root} holds no GlaS files (train_N.bmp, train_N_anno.bmp, testA_N.bmp, testB_N.bmp){found}"
+        )
+    if skipped:
+        # Printed rather than raised: the official folder holds only GlaS names; a user may have added files.
+        print(
+            f"warning: skipped {len(skipped)} .bmp file(s) in {root} not named like GlaS files "
+            f"(train_N, testA_N, testB_N, with _anno): {shown}",
+            file=sys.stderr,
+        )
     for name, path in images.items():
         if name not in annotations:
             raise AblationError(f"image {path} has no mask: expected {root / (name + '_anno.bmp')}")
@@ -224,8 +238,12 @@ def convert(
     Returns:
         The number of images written per split.
     """
-    samples = scan_official(source, layout, split)
     target = Path(target)
+    for path in (target, *target.parents):
+        if path.exists() and not path.is_dir():
+            problem = "is a file, not a folder" if path == target else f"cannot be made: {path} is a file"
+            raise AblationError(f"--to {target} {problem}: choose a folder to write the dataset into")
+    samples = scan_official(source, layout, split)
     counts: dict[str, int] = {}
     for s in samples:
         counts[s.split] = counts.get(s.split, 0) + 1
@@ -267,6 +285,8 @@ def _csv_text(rows: list[dict[str, str]]) -> str:
 
 def _existing_folder(root: str | Path) -> Path:
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise AblationError(f"{root} is a file, not a folder: give the folder of the official download")
     if not root.is_dir():
         raise AblationError(f"folder {root} does not exist")
     return root

@@ -41,7 +41,8 @@ INTERPOLATIONS = {
 DEFAULT_INTERPOLATION = "reference"
 DEFAULT_IMG_SIZE = 224
 # Bump when the preparation code changes what it writes, so old cache files are not reused.
-PREPARE_VERSION = 2  # bump when preparation changes, so old caches are not reused
+# 3: mask coding checked per dataset (caches of datasets that version 2 misread must not be reused).
+PREPARE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class PreparedDataset:
         interpolation: how images were resized (``bilinear`` or ``bicubic``).
         original_sizes: per split, each source image's ``(width, height)``.
         cache_dir: the cache folder it was loaded with (the splits file goes there too).
+        empty_masks: per split, the names of images whose source mask holds no foreground at all.
     """
 
     name: str
@@ -101,6 +103,7 @@ class PreparedDataset:
     interpolation: str = "bilinear"
     original_sizes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     cache_dir: Path | None = None
+    empty_masks: dict[str, list[str]] = field(default_factory=dict)
 
 
 def default_data_root() -> Path:
@@ -123,6 +126,10 @@ def resolve_dataset(dataset: str, data_root: str | Path | None = None) -> Path |
         return None
     if key in DATASET_FOLDERS:
         root = Path(data_root) if data_root is not None else default_data_root()
+        if root.exists() and not root.is_dir():
+            raise AblationError(
+                f"data root {root} is a file, not a folder: give the folder holding GlaS/, MoNuSeg/"
+            )
         folder = root / DATASET_FOLDERS[key]
         if not folder.is_dir():
             layout = f"{key}-official"
@@ -135,6 +142,11 @@ def resolve_dataset(dataset: str, data_root: str | Path | None = None) -> Path |
     folder = Path(dataset).expanduser()
     if folder.is_dir():
         return folder
+    if folder.exists():
+        raise AblationError(
+            f"dataset {dataset!r} is a file, not a folder: give a folder in the reference layout "
+            f"(<Split>_Folder/img + labelcol) or one of {', '.join(DATASETS)}"
+        )
     raise AblationError(
         f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)} or give a folder in the reference "
         "layout (<Split>_Folder/img + labelcol)"
@@ -170,6 +182,7 @@ def load_prepared(
         raise AblationError(f"img_size must be an integer of at least 8, got {img_size!r}")
     source = resolve_dataset(dataset, data_root)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    check_cache_dir(cache_root)
     if source is None:
         return _load_synthetic(dataset.lower(), img_size, cache_root)
     layout = readers.scan_reference_layout(source)
@@ -201,6 +214,20 @@ def load_prepared(
     return prepared
 
 
+def check_cache_dir(cache_root: Path) -> None:
+    """Fail before any work when the cache folder (or a folder it will create) is an existing file.
+
+    Raises:
+        AblationError: naming that file.
+    """
+    for path in (cache_root / "prepared", cache_root / "splits", cache_root, *cache_root.parents):
+        if path.exists() and not path.is_dir():
+            problem = "is a file" if path == cache_root else f"cannot be made: {path} is a file"
+            raise AblationError(
+                f"cache folder {cache_root} {problem}: choose a folder (--cache-dir or $ABLATION_CACHE)"
+            )
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "dataset"
 
@@ -214,28 +241,41 @@ def _prepare(
     common,
 ) -> PreparedDataset:
     # Resize each sample as soon as it is decoded, so full-resolution images never pile up in memory.
-    is_instance = any(s.instances is not None for samples in layout.values() for s in samples)
-    resized: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    resized: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     sizes: dict[str, list[tuple[int, int]]] = {}
+    empty: dict[str, list[str]] = {}
+    codings: list[tuple[readers.Sample, str, np.ndarray]] = []
     for split, samples in layout.items():
         images, ids, masks = [], [], []
-        sizes[split] = []
+        sizes[split], empty[split] = [], []
         for sample in samples:
-            image, label = readers.read_sample(sample)
-            is_instance = is_instance or readers.has_instance_ids(label)
+            image, label, instances = readers.read_sample(sample)
+            coding = readers.mask_coding(label, sample.label)
+            # Keep only the distinct values of the mask: enough to name them in an error after the loop.
+            codings.append((sample, coding, np.unique(label)))
+            if coding == "empty":
+                empty[split].append(sample.name)
             sizes[split].append((image.shape[1], image.shape[0]))
             images.append(resize_image(image, img_size, interpolation))
-            ids.append(resize_label(label, img_size))
+            ids.append(resize_label(instances if instances is not None else label, img_size))
             masks.append(resize_mask(label > 0, img_size, interpolation))
         resized[split] = (np.stack(images), np.stack(ids), np.stack(masks))
-    # One label map with two or more ids makes every map an id map (a GlaS image with one gland holds {0, 1}).
+    # One rule for the whole dataset: a 0/255 mask read as an id map would count as a single object.
+    label_kind = readers.check_mask_codings(codings)
+    is_instance = label_kind == "instance"
     splits = {
         split: PreparedSplit([s.name for s in layout[split]], images, masks, ids if is_instance else None)
         for split, (images, ids, masks) in resized.items()
     }
-    label_kind = "instance" if is_instance else "binary"
     return PreparedDataset(
-        name, fingerprint, label_kind, splits, original_sizes=sizes, **common, interpolation=interpolation
+        name,
+        fingerprint,
+        label_kind,
+        splits,
+        original_sizes=sizes,
+        empty_masks=empty,
+        **common,
+        interpolation=interpolation,
     )
 
 
@@ -306,6 +346,7 @@ def _write_cache(path: Path, prepared: PreparedDataset) -> None:
         arrays[f"{split}/images"] = data.images
         arrays[f"{split}/masks"] = data.masks
         arrays[f"{split}/sizes"] = np.array(prepared.original_sizes[split], dtype=np.int64).reshape(-1, 2)
+        arrays[f"{split}/empty"] = np.array(prepared.empty_masks.get(split, []), dtype=str)
         if data.instances is not None:
             # uint16 halves the file; MoNuSeg's densest image holds well under 65536 nuclei.
             wide = data.instances.max(initial=0) > np.iinfo(np.uint16).max
@@ -318,6 +359,7 @@ def _write_cache(path: Path, prepared: PreparedDataset) -> None:
 def _read_cache(path: Path, name: str, fingerprint: str, interpolation: str, common) -> PreparedDataset:
     splits: dict[str, PreparedSplit] = {}
     sizes: dict[str, list[tuple[int, int]]] = {}
+    empty: dict[str, list[str]] = {}
     with np.load(path, allow_pickle=False) as data:
         label_kind = str(data["label_kind"])
         for split in readers.SPLIT_FOLDERS:
@@ -329,8 +371,16 @@ def _read_cache(path: Path, name: str, fingerprint: str, interpolation: str, com
             names = [str(n) for n in data[f"{split}/names"]]
             splits[split] = PreparedSplit(names, data[f"{split}/images"], data[f"{split}/masks"], instances)
             sizes[split] = [(int(w), int(h)) for w, h in data[f"{split}/sizes"]]
+            empty[split] = [str(n) for n in data[f"{split}/empty"]]
     return PreparedDataset(
-        name, fingerprint, label_kind, splits, original_sizes=sizes, interpolation=interpolation, **common
+        name,
+        fingerprint,
+        label_kind,
+        splits,
+        original_sizes=sizes,
+        empty_masks=empty,
+        interpolation=interpolation,
+        **common,
     )
 
 
@@ -347,6 +397,10 @@ def _load_synthetic(name: str, img_size: int, cache_dir: Path) -> PreparedDatase
     )
     fingerprint = stable_hash({"source": source_fingerprint, "img_size": img_size}, length=16)
     sizes = {split: [(img_size, img_size)] * len(data) for split, data in splits.items()}
+    empty = {
+        split: [n for n, ids in zip(data.names, data.instances) if not ids.any()]
+        for split, data in splits.items()
+    }
     return PreparedDataset(
         name,
         fingerprint,
@@ -356,4 +410,5 @@ def _load_synthetic(name: str, img_size: int, cache_dir: Path) -> PreparedDatase
         img_size=img_size,
         original_sizes=sizes,
         cache_dir=cache_dir,
+        empty_masks=empty,
     )

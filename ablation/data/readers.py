@@ -12,6 +12,7 @@ with ``Split`` one of ``Train``, ``Val`` (optional) and ``Test``. Every problem 
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -67,6 +68,10 @@ def scan_reference_layout(root: str | Path) -> dict[str, list[Sample]]:
             same name, or an empty split.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise AblationError(
+            f"dataset folder {root} is a file, not a folder: give the folder holding Train_Folder/"
+        )
     if not root.is_dir():
         raise AblationError(f"dataset folder {root} does not exist")
     if not is_reference_layout(root):
@@ -117,7 +122,14 @@ def _scan_split(folder: Path) -> list[Sample]:
 def _files_by_stem(folder: Path) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        # Report these here: skipping them would surface later as a misleading "has no image/mask".
+        if path.is_symlink() and not path.exists():
+            raise AblationError(f"{path} is a broken link (to {os.readlink(path)}): fix or remove it")
+        if path.is_dir():
+            raise AblationError(f"{path} is a folder, not an image file: move it out of {folder}")
+        if not path.is_file():
             continue
         if path.stem in files:
             raise AblationError(f"{files[path.stem]} and {path} have the same name: keep one")
@@ -160,14 +172,26 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_label(path: Path) -> np.ndarray:
-    """A label image as ``int32 (H, W)``: 0 background, other values foreground (ids or 1/255).
+    """A label image as ``int32 (H, W)``: 0 background, other values foreground (ids, or 1/255 if binary).
 
-    Colour label images count any non-zero channel as foreground (their colours are not taken as ids).
+    A colour file is accepted only when its three channels are equal (a grey mask saved as RGB); the alpha
+    channel is ignored.
+
+    Raises:
+        AblationError: an unreadable file, or a colour mask whose channels differ.
     """
     image = open_image(path)
     if image.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
-        array = np.asarray(image.convert("RGB"))
-        return (array.max(axis=2) > 0).astype(np.int32)
+        array = np.asarray(image.convert("RGB")) if image.mode != "RGB" else np.asarray(image)
+        grey = image.mode in ("RGB", "RGBA") and bool(
+            (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all()
+        )
+        if not grey:
+            raise AblationError(
+                f"mask {path} is {image.mode}: expected a single-channel mask "
+                "(8-bit 0/255 or 0/1, or 8/16-bit ids)"
+            )
+        return array[..., 0].astype(np.int32)
     if image.mode == "P":
         image = image.convert("L")
     if image.mode == "LA":
@@ -175,15 +199,17 @@ def read_label(path: Path) -> np.ndarray:
     return np.asarray(image).astype(np.int32)
 
 
-def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one sample's image ``uint8 (H, W, 3)`` and label ids ``int32 (H, W)``, checking their sizes match.
+def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Decode one sample, checking that the sizes match and that an instance map covers the mask.
 
-    The ids come from ``sample.instances`` when present, else from the label file; a label file with only
-    {0, 255} or {0, 1} carries no instance information (see :func:`has_instance_ids`).
+    Returns:
+        ``(image, label, ids)``: the image ``uint8 (H, W, 3)``, the ``labelcol`` values ``int32 (H, W)`` and
+        the ``instances`` ids ``int32 (H, W)`` (None when the sample has no instance file).
     """
     image = read_image(sample.image)
     label = read_label(sample.label)
     _check_size(image, label, sample.label, sample.image)
+    ids = None
     if sample.instances is not None:
         ids = read_label(sample.instances)
         _check_size(image, ids, sample.instances, sample.image)
@@ -191,8 +217,7 @@ def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
             raise AblationError(
                 f"instance map {sample.instances} does not cover the same pixels as {sample.label}"
             )
-        label = ids
-    return image, label
+    return image, label, ids
 
 
 def _check_size(image: np.ndarray, label: np.ndarray, label_path: Path, image_path: Path) -> None:
@@ -203,7 +228,77 @@ def _check_size(image: np.ndarray, label: np.ndarray, label_path: Path, image_pa
         )
 
 
-def has_instance_ids(label: np.ndarray) -> bool:
-    """Whether a label map distinguishes objects: two or more distinct non-zero values."""
+def mask_coding(label: np.ndarray, path: Path) -> str:
+    """How one ``labelcol`` file codes its mask.
+
+    Returns:
+        ``empty``, ``binary255`` ({0, 255}), ``one`` ({0, 1}: a binary mask or an instance map with one
+        object) or ``ids`` (any other values: an instance map).
+
+    Raises:
+        AblationError: 255 as the largest value next to other non-zero values (a 0/255 mask with stray
+            values, not an instance map).
+    """
     values = np.unique(label)
-    return int((values != 0).sum()) >= 2
+    foreground = values[values != 0]
+    if foreground.size == 0:
+        return "empty"
+    if foreground.size == 1 and foreground[0] in (1, 255):
+        return "binary255" if foreground[0] == 255 else "one"
+    if foreground[-1] == 255:
+        raise AblationError(
+            f"mask {path} holds values {format_values(values)}: 255 marks binary foreground, so the other "
+            "values cannot be instance ids; expected binary {0, 255}/{0, 1} masks, or instance ids 1..N in "
+            "every file"
+        )
+    return "ids"
+
+
+def check_mask_codings(codings: list[tuple[Sample, str, np.ndarray]]) -> str:
+    """The ``labelcol`` kind of a dataset from its files' codings (see the module docstring).
+
+    Args:
+        codings: ``(sample, mask_coding(...), labelcol values)`` per sample, in reading order.
+
+    Returns:
+        ``instance`` when the masks are instance maps, else ``binary``.
+
+    Raises:
+        AblationError: {0, 255} masks mixed with files holding other values (naming the first file of the less
+            common kind), or a
+            dataset that has instance maps for some samples only (``instances/`` files or ``labelcol`` ids).
+    """
+    kinds = [coding for _, coding, _ in codings]
+    binary, ids = kinds.count("binary255"), kinds.count("ids")
+    if binary and ids:
+        # Name a file of the minority kind: in a GlaS-like dataset one stray 0/255 file is the odd one out.
+        odd = "ids" if ids <= binary else "binary255"
+        sample, _, values = next(entry for entry in codings if entry[1] == odd)
+        expected = (
+            "expected binary {0, 255}/{0, 1} masks like the other files, or instance ids in every file"
+            if odd == "ids"
+            else "expected instance ids 1..N like the other files, or binary {0, 255}/{0, 1} masks in every "
+            "file"
+        )
+        raise AblationError(
+            f"mask {sample.label} holds values {format_values(values)}: {expected} "
+            f"({binary} masks hold {{0, 255}}, {ids} hold other values)"
+        )
+    labelcol_kind = "instance" if ids else "binary"
+    with_ids = [sample for sample, _, _ in codings if sample.instances is not None]
+    if with_ids and labelcol_kind == "binary":
+        missing = next((sample for sample, _, _ in codings if sample.instances is None), None)
+        if missing is not None:
+            expected = missing.label.parent.parent / INSTANCE_DIR / f"{missing.name}.png"
+            raise AblationError(
+                f"image {missing.image} has no instance map (expected {expected}) although "
+                f"{with_ids[0].instances} exists: give every image one, or remove the instances/ folders"
+            )
+    return "instance" if with_ids or labelcol_kind == "instance" else "binary"
+
+
+def format_values(values: np.ndarray, limit: int = 8) -> str:
+    """``{0, 7, 255}``; longer sets are cut after ``limit`` values."""
+    shown = ", ".join(str(int(v)) for v in values[:limit])
+    more = f", ... ({len(values)} values)" if len(values) > limit else ""
+    return "{" + shown + more + "}"

@@ -42,7 +42,15 @@ def kfold(names: list[str], *, num_folds: int, seed: int = 0, repeat: int = 0) -
     if num_folds < 2:
         raise AblationError(f"num_folds must be at least 2, got {num_folds}")
     if num_folds > len(names):
-        raise AblationError(f"num_folds {num_folds} exceeds the {len(names)} images of the training pool")
+        fix = (
+            f"set num_folds to at most {len(names)} (e.g. --set num_folds=2)"
+            if len(names) >= 2
+            else "cross-validation needs at least 2 training images"
+        )
+        raise AblationError(
+            f"num_folds {num_folds} exceeds the {len(names)} images of the training pool: {fix}, or add a "
+            "Val_Folder (the layout's own validation set is used when no fold is given)"
+        )
     ordered = sorted(names)
     order = np.random.default_rng([seed, repeat]).permutation(len(ordered))
     return [[ordered[i] for i in sorted(part)] for part in np.array_split(order, num_folds)]
@@ -142,9 +150,12 @@ def _read_or_create(
     if path.is_file():
         try:
             content = read_json(path)
-        except (OSError, ValueError) as error:
+        except (AblationError, OSError, ValueError) as error:
+            reason = str(error).removeprefix(
+                f"cannot read {path}: "
+            )  # read_json's message names the file too
             raise AblationError(
-                f"splits file {path} is not valid JSON ({error}): fix it or delete it"
+                f"splits file {path} is not valid JSON ({reason}): fix it or delete it"
             ) from None
         if (
             not isinstance(content, dict)
