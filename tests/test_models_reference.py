@@ -292,13 +292,21 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(AblationError, match="cannot read checkpoint"):
         load_reference_checkpoint(tmp_path / "garbage.pth")
+    (tmp_path / "text.pth.tar").write_text("hello\n")  # torch.load raises KeyError on this one
+    (tmp_path / "random.pth").write_bytes(bytes(range(7, 256)) * 4)
+    for name in ("text.pth.tar", "random.pth", "garbage.pth"):
+        with pytest.raises(AblationError) as caught:
+            load_reference_checkpoint(tmp_path / name)
+        message = str(caught.value)
+        assert message.startswith(f"cannot read checkpoint {tmp_path / name}: not a PyTorch checkpoint (")
+        assert "\n" not in message and "weights_only" not in message and len(message) < 250
     torch.save({"epoch": 3, "weights": [1, 2]}, tmp_path / "other.pth")
     with pytest.raises(AblationError, match="'state_dict' entry"):
         load_reference_checkpoint(tmp_path / "other.pth")
     with pytest.raises(AblationError, match="not a U-Net/UCTransNet state dict"):
         load_reference_checkpoint({"encoder.weight": torch.zeros(3)})
     state = _tiny("uctransnet").state_dict()
-    with pytest.raises(AblationError, match="img_size=32"):
+    with pytest.raises(AblationError, match="trained at img_size 32 .*: use --img-size 32"):
         load_reference_checkpoint(state)  # default img_size 224
     state["mtc.encoder.layer.0.ffn1.fc1.bias"] = torch.zeros(5)
     with pytest.raises(AblationError, match="do not fit"):
@@ -358,6 +366,22 @@ def test_models_command_lists_all_variants(capsys: pytest.CaptureFixture[str]) -
     assert "multiple of 16" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags", [["--img-size", "0"], ["--img-size", "-16"], ["--base-channels", "0"]])
+def test_models_command_rejects_bad_sizes(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert ("model.img_size" if flags[0] == "--img-size" else "model.base_channels") in err
+
+
+def test_gflops_keep_three_significant_digits() -> None:
+    from ablation.models.cli import format_gflops
+
+    assert [format_gflops(v) for v in (0.0123456, 0.001, 1.5, 12.345, 62165.2, 0.0)] == [
+        "0.0123", "0.00100", "1.50", "12.3", "62165", "0",
+    ]  # fmt: skip
+
+
 def test_models_command_table(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The table layout, with two stand-in records (the full listing is checked above; it takes seconds)."""
     import ablation.models.summary as summary
@@ -389,4 +413,4 @@ def test_models_command_table(capsys: pytest.CaptureFixture[str], monkeypatch: p
     assert seen["base"] == ModelConfig(base_channels=8, img_size=64)
     assert "64x64" in lines[0] and lines[1].split() == ["connector", "skips", "label", "parameters", "GFLOPs"]
     assert lines[2].split() == ["unet", "0000", "none", "1,234,567", "1.50"]
-    assert lines[3].split() == ["uctransnet", "1111", "all", "7", "12.35"]
+    assert lines[3].split() == ["uctransnet", "1111", "all", "7", "12.3"]

@@ -246,6 +246,46 @@ def test_resume_continues_from_variant_checkpoints(tmp_path: Path, monkeypatch: 
     )
 
 
+def test_resume_finishes_variants_that_crashed_after_their_last_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A variant with its final epoch in checkpoint_last.pt but no metrics.json is finished on resume."""
+    from ablation.train import loop, packed
+
+    configs = [_run_config(seed, "1111", max_epochs=2) for seed in (7, 8)]
+    whole = train_packed(
+        configs, [tmp_path / "whole" / str(i) for i in range(2)], device="cpu", progress=False
+    )
+
+    real_evaluate = loop.evaluate_test
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated crash")
+
+    # The first variant's test evaluation crashes after its epoch-2 checkpoint; the second stops at epoch 1.
+    dirs = [tmp_path / "split" / str(i) for i in range(2)]
+    monkeypatch.setattr(loop, "evaluate_test", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_packed(configs, dirs, device="cpu", progress=False)
+    assert torch.load(dirs[0] / store.LAST_CHECKPOINT, weights_only=True)["epoch"] == 2
+    assert not any((d / store.METRICS_FILE).exists() for d in dirs)
+
+    monkeypatch.setattr(loop, "evaluate_test", real_evaluate)
+    real_end_epoch, trained = packed._end_epoch, []
+
+    def counting_end_epoch(variant, *args, **kwargs):
+        trained.append(variant.position)
+        return real_end_epoch(variant, *args, **kwargs)
+
+    monkeypatch.setattr(packed, "_end_epoch", counting_end_epoch)
+    resumed = train_packed(configs, dirs, device="cpu", progress=False)
+    assert 0 not in trained and trained.count(1) == 2  # only the second variant trains its two epochs
+    for before, after, run_dir in zip(whole, resumed, dirs):
+        assert after["status"] == "done" and read_json(run_dir / store.METRICS_FILE) == after
+        assert after["epochs_run"] == before["epochs_run"] == 2 and len(_history(run_dir)) == 2
+        assert after["dice_mean"] == pytest.approx(before["dice_mean"], abs=1e-6)
+
+
 def test_non_finite_variant_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ablation.train import packed
 
@@ -275,3 +315,8 @@ def test_bad_input(tmp_path: Path) -> None:
         train_packed([config, _run_config(0, "1111", lr=0.1)], [tmp_path / "a", tmp_path / "b"], device="cpu")
     with pytest.raises(AblationError, match="share a run folder"):
         train_packed([config, _run_config(1, "1111")], [tmp_path / "a", tmp_path / "a"], device="cpu")
+    with pytest.raises(AblationError, match="unknown device 'foo'"):
+        train_packed([config], [tmp_path / "a"], device="foo")
+    wide = RunConfig(dataset=config.dataset, model=ModelConfig(in_channels=4, base_channels=4, img_size=32))
+    with pytest.raises(AblationError, match="'model.in_channels' must be 3 for training"):
+        train_packed([wide], [tmp_path / "b"], device="cpu")

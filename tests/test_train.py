@@ -168,6 +168,60 @@ def test_resume_refuses_a_folder_of_another_run(tmp_path: Path) -> None:
     with pytest.raises(loop.AblationError, match="belongs to run"):
         train_run(tiny_config(seed=5, max_epochs=1), tmp_path / "run", device="cpu", progress=False)
 
+    # A damaged checkpoint_last.pt: one line naming the file and the way out, not torch's multi-line text.
+    checkpoint = tmp_path / "run" / store.LAST_CHECKPOINT
+    for junk in (bytes(range(7, 256)) * 8, b"hello\n"):
+        checkpoint.write_bytes(junk)
+        with pytest.raises(loop.AblationError) as caught:
+            train_run(tiny_config(seed=4, max_epochs=1), tmp_path / "run", device="cpu", progress=False)
+        message = str(caught.value)
+        assert message.startswith(f"cannot read checkpoint {checkpoint}: not a PyTorch checkpoint (")
+        assert message.endswith("delete it to restart the run") and "\n" not in message
+        assert "weights_only" not in message
+
+
+@pytest.mark.parametrize("train", [{"max_epochs": 2}, {"max_epochs": 6, "patience": 0}])
+def test_resume_after_a_crash_in_the_test_evaluation(tmp_path: Path, monkeypatch, train: dict) -> None:
+    """checkpoint_last.pt holds the final epoch (max_epochs or patience spent): only finishing is left."""
+    config = tiny_config(seed=6, checkpoint_every=1, **train)
+    whole = train_run(config, tmp_path / "whole", device="cpu", progress=False)
+    assert whole["stopped_early"] == ("patience" in train)  # seed 6 stops at epoch 2 with patience 0
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("crash")
+
+    real_evaluate = loop.evaluate_test
+    monkeypatch.setattr(loop, "evaluate_test", crash)
+    with pytest.raises(RuntimeError, match="crash"):
+        train_run(config, tmp_path / "split", device="cpu", progress=False)
+    saved = torch.load(tmp_path / "split" / store.LAST_CHECKPOINT, weights_only=True)
+    assert saved["epoch"] == whole["epochs_run"] and not (tmp_path / "split" / store.METRICS_FILE).exists()
+
+    monkeypatch.setattr(loop, "evaluate_test", real_evaluate)
+    monkeypatch.setattr(loop, "_train_epoch", lambda *a, **k: pytest.fail("nothing is left to train"))
+    resumed = train_run(config, tmp_path / "split", device="cpu", progress=False)
+    assert _without_time(resumed) == _without_time(whole)
+    assert _history(tmp_path / "split") == _history(tmp_path / "whole")
+
+
+@pytest.mark.parametrize(("key", "value"), [("in_channels", 4), ("in_channels", 1), ("num_classes", 2)])
+def test_model_settings_the_data_cannot_train_are_refused(tmp_path: Path, key: str, value: int) -> None:
+    config = tiny_config()
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, **{key: value}))
+    required = {"in_channels": 3, "num_classes": 1}[key]
+    with pytest.raises(loop.AblationError, match=f"'model.{key}' must be {required} for training"):
+        train_run(config, tmp_path / "run", device="cpu", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_finished_run_still_checks_the_device(reference_run: tuple[RunConfig, Path, dict]) -> None:
+    config, run_dir, _ = reference_run
+    with pytest.raises(loop.AblationError, match="unknown device 'foo'"):
+        train_run(config, run_dir, device="foo", progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(loop.AblationError, match="CUDA is not available"):
+            train_run(config, run_dir, device="cuda", progress=False)
+
 
 def test_non_finite_loss_fails_the_run(tmp_path: Path, monkeypatch) -> None:
     real_loss = loop.segmentation_loss
@@ -222,6 +276,54 @@ def test_cli_train_then_evaluate(tmp_path: Path, capsys) -> None:
     assert out_csv.read_text() == (run_dir / store.TEST_METRICS_FILE).read_text()
     assert f"{metrics['dice_mean']:.4f}" in capsys.readouterr().out
 
+    # The run is done, but a bad --device is still an error.
+    code = main(
+        ["train", "--dataset", "synthetic-glands", "--connector", "cca", "--base-channels", "4", "--img-size",
+         "32", "--epochs", "2", "--config", str(config_file), "--quiet", "--out", str(tmp_path / "results"),
+         "--device", "foo"]
+    )  # fmt: skip
+    assert code == 2 and capsys.readouterr().err == "error: unknown device 'foo': use cpu, cuda or cuda:N\n"
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_cli_evaluate_rejects_bad_checkpoints(
+    reference_run: tuple[RunConfig, Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run_dir, _ = reference_run
+    best = run_dir / store.BEST_CHECKPOINT
+    evaluate = ["evaluate", "--root", "synthetic-nuclei", "--device", "cpu", "--checkpoint"]
+
+    text = tmp_path / "x.pth.tar"
+    text.write_text("hello\n")
+    err = _one_line_error(capsys, *evaluate, str(text))
+    assert f"cannot read checkpoint {text}: not a PyTorch checkpoint (KeyError" in err
+
+    saved = torch.load(best, weights_only=True)
+    saved["model"]["inc.conv.weight"] = torch.zeros(1)
+    torch.save(saved, tmp_path / "bad_shape.pt")
+    err = _one_line_error(capsys, *evaluate, str(tmp_path / "bad_shape.pt"))
+    assert str(tmp_path / "bad_shape.pt") in err and "'inc.conv.weight' has shape (1,)" in err
+
+    saved["config"]["model"]["connector"] = "foo"
+    torch.save(saved, tmp_path / "bad_config.pt")
+    err = _one_line_error(capsys, *evaluate, str(tmp_path / "bad_config.pt"))
+    assert str(tmp_path / "bad_config.pt") in err and "unknown connector 'foo'" in err
+
+    # UCTransNet's CCT fixes its token grid at the training size (32 px here).
+    err = _one_line_error(capsys, *evaluate, str(best), "--img-size", "64")
+    assert "this checkpoint was trained at img_size 32: use --img-size 32" in err
+
+    err = _one_line_error(capsys, *evaluate, str(best), "--out", str(tmp_path))
+    assert f"--out {tmp_path} is a folder" in err
+    err = _one_line_error(capsys, *evaluate, str(best), "--out", str(text / "metrics.csv"))
+    assert f"{text} is a file, not a folder" in err
+
 
 def test_cli_rejects_bad_input(tmp_path: Path, capsys) -> None:
     assert main(["train", "--set", "train.nope=1", "--out", str(tmp_path)]) == 2
@@ -229,6 +331,13 @@ def test_cli_rejects_bad_input(tmp_path: Path, capsys) -> None:
     assert main(["train", "--config", str(tmp_path / "missing.toml"), "--out", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--root", "synthetic-nuclei"]) == 2
+    capsys.readouterr()
+    for setting, key in (
+        ("model.num_classes=2", "model.num_classes"),
+        ("model.in_channels=4", "model.in_channels"),
+    ):
+        err = _one_line_error(capsys, "train", "--set", setting, "--device", "cpu", "--out", str(tmp_path))
+        assert f"config key {key!r} must be" in err
 
 
 def test_real_monuseg_small_run(shared_datasets: Path, tmp_path: Path) -> None:

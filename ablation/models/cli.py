@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +24,7 @@ def run_models(args: argparse.Namespace) -> int:
     from ablation.config import ModelConfig
     from ablation.models.summary import all_model_summaries
 
+    # ModelConfig validates both flags (img_size a positive multiple of 16, base_channels >= 1).
     base = ModelConfig(base_channels=args.base_channels, img_size=args.img_size)
     records = all_model_summaries(base)
     if args.json:
@@ -33,6 +35,14 @@ def run_models(args: argparse.Namespace) -> int:
     for record in records:
         print(
             f"{record['connector']:<11} {record['skips']:<5} {record['skip_label']:<12} "
-            f"{record['parameters']:>12,} {record['gflops']:>9.2f}"
+            f"{record['parameters']:>12,} {format_gflops(record['gflops']):>9}"
         )
     return 0
+
+
+def format_gflops(value: float) -> str:
+    """At least 3 significant digits and no exponent: 0.0123, 1.50, 12.3, 62165."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    decimals = max(0, 2 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"

@@ -11,10 +11,11 @@ weights expect **BGR** channel order: the returned model has ``channel_order == 
 from __future__ import annotations
 
 import math
-import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,16 +52,8 @@ def load_reference_checkpoint(
     if isinstance(source, Mapping):
         state_dict = source
     else:
-        path = Path(source)
-        where = str(path)
-        if not path.is_file():
-            raise AblationError(f"checkpoint {path} not found")
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise AblationError(f"cannot read checkpoint {path}: {first_line}") from None
-        state_dict = _state_dict_of(loaded, where)
+        where = str(source)
+        state_dict = _state_dict_of(read_checkpoint(source), where)
     state_dict = _strip_data_parallel_prefix(dict(state_dict))
     config = reference_model_config(state_dict, img_size=img_size, where=where)
     model = build_model(config)
@@ -73,6 +66,54 @@ def load_reference_checkpoint(
         ) from None
     model.channel_order = "BGR"
     return model.eval()
+
+
+def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; any failure becomes a one-line :class:`AblationError`.
+
+    torch raises many exception types for files that are not checkpoints (``UnpicklingError``, ``KeyError``,
+    ``EOFError``, ``RuntimeError``, ...) with multi-line messages; the error names the file and gives a short
+    reason. Checkpoints holding Python objects beyond tensors and plain containers are refused: loading those
+    could run arbitrary code.
+
+    Raises:
+        AblationError: a missing or unreadable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AblationError(f"checkpoint {path} not found")
+    # torch warns about odd pickle protocols before failing on them: pass its warnings on only on success.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            loaded = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as error:  # noqa: BLE001 - torch raises many types for non-checkpoints
+            reason = _load_failure(error)
+        else:
+            reason = None
+    if reason is not None:
+        raise AblationError(f"cannot read checkpoint {path}: {reason}")
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return loaded
+
+
+def _load_failure(error: Exception) -> str:
+    """A short reason for a failed ``torch.load``, without torch's advice on ``weights_only``."""
+    text = " ".join(str(error).split())
+    if "WeightsUnpickler error:" in text:  # torch's wrapper text around the actual cause
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0].strip()
+        if text.startswith("Unsupported global:"):
+            name = text.removeprefix("Unsupported global:").split()[1:2] or ["?"]
+            return (
+                f"it stores Python objects ({name[0]}) besides tensors and plain values, "
+                "which are not loaded because unpickling them could run arbitrary code"
+            )
+        text = text.split(". Please", 1)[0]
+    detail = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if len(detail) > 120:
+        detail = detail[:117] + "..."
+    return f"not a PyTorch checkpoint ({detail})"
 
 
 def _state_dict_of(loaded: object, where: str) -> Mapping[str, torch.Tensor]:
@@ -168,8 +209,9 @@ def _transformer_options(
     trained_size = math.isqrt(num_tokens) * patch_sizes[first - 1] * 2 ** (first - 1)
     if trained_size != img_size:
         raise AblationError(
-            f"{where}: CCT was built for {trained_size} px inputs ({num_tokens} tokens per level), "
-            f"not img_size {img_size}; pass img_size={trained_size}"
+            f"{where}: this checkpoint was trained at img_size {trained_size} (its CCT has {num_tokens} "
+            f"tokens per level), not {img_size}: use --img-size {trained_size} "
+            f"(img_size={trained_size} in Python)"
         )
     attention = "mtc.encoder.layer.0.channel_attn."
     per_head = [key for key in state_dict if re.fullmatch(re.escape(attention) + r"key\.\d+\.weight", key)]

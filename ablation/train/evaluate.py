@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,23 +103,76 @@ def _load_any_checkpoint(
     path: Path, img_size: int | None, device: torch.device
 ) -> tuple[torch.nn.Module, int, str]:
     """Our checkpoint_best.pt / checkpoint_last.pt or a reference checkpoint -> (model, img_size, kind)."""
-    from ablation.config import RunConfig, from_dict
-    from ablation.models import build_model, load_reference_checkpoint
+    from ablation.models import load_reference_checkpoint
+    from ablation.models.reference import read_checkpoint
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - a reference pickle that needs more than weights_only; the loader decides
-        state = None
-    if isinstance(state, dict) and "config" in state and "model" in state:
-        config = from_dict(RunConfig, state["config"])
-        if img_size is not None and img_size != config.model.img_size:
-            config = dataclasses.replace(config, model=dataclasses.replace(config.model, img_size=img_size))
-        model = build_model(config.model)
-        model.load_state_dict(state["model"])
-        return model.to(device), config.model.img_size, "ours"
+    state = read_checkpoint(path)
+    if isinstance(state, Mapping) and "config" in state and ("model" in state or "run_id" in state):
+        model, size = _load_own_checkpoint(path, state, img_size)
+        return model.to(device), size, "ours"
     size = img_size if img_size is not None else 224
     model = load_reference_checkpoint(path, img_size=size)
     return model.to(device), size, "reference"
+
+
+def _load_own_checkpoint(
+    path: Path, state: Mapping[str, Any], img_size: int | None
+) -> tuple[torch.nn.Module, int]:
+    """Build the model our checkpoint's stored config describes and load its weights (checked first)."""
+    from ablation.config import RunConfig, from_dict
+    from ablation.models import build_model
+
+    try:
+        config = from_dict(RunConfig, state["config"])
+    except AblationError as error:
+        raise AblationError(f"checkpoint {path}: its stored config is invalid: {error}") from None
+    weights = state.get("model")
+    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise AblationError(f"checkpoint {path}: no model weights (expected a state dict under 'model')")
+    trained = config.model.img_size
+    if img_size is not None and img_size != trained:
+        # CCT's position embeddings fix the token grid; the convolutional models run at any multiple of 16.
+        if any(key.endswith("position_embeddings") for key in weights):
+            raise AblationError(
+                f"checkpoint {path}: this checkpoint was trained at img_size {trained}: "
+                f"use --img-size {trained}"
+            )
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, img_size=img_size))
+    model = build_model(config.model)
+    mismatch = first_state_dict_mismatch(model.state_dict(), weights)
+    if mismatch is not None:
+        raise AblationError(
+            f"checkpoint {path}: its weights do not fit the {config.model.connector} model of its config: "
+            f"{mismatch}"
+        )
+    model.load_state_dict(weights)
+    return model, config.model.img_size
+
+
+def first_state_dict_mismatch(
+    expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]
+) -> str | None:
+    """The first difference between a model's state dict and saved weights, in words; None when they fit."""
+    for key, tensor in expected.items():
+        if key not in weights:
+            return f"{key!r} is missing"
+        if tuple(weights[key].shape) != tuple(tensor.shape):
+            return f"{key!r} has shape {tuple(weights[key].shape)}, the model needs {tuple(tensor.shape)}"
+    extra = [key for key in weights if key not in expected]
+    if extra:
+        return f"unexpected key {extra[0]!r}"
+    return None
+
+
+def _check_output_path(path: Path) -> None:
+    """Fail before the evaluation, not after it, when the CSV cannot be written where asked."""
+    if path.is_dir():
+        raise AblationError(
+            f"--out {path} is a folder: give the path of a CSV file, e.g. {path / 'metrics.csv'}"
+        )
+    existing = next((parent for parent in path.parents if parent.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise AblationError(f"--out {path}: {existing} is a file, not a folder")
 
 
 def evaluate_checkpoint(
@@ -140,7 +194,8 @@ def evaluate_checkpoint(
         root: a dataset name or a folder in the reference layout.
         split: ``train``, ``val`` or ``test``.
         bgr: feed BGR; None follows the model's ``channel_order`` (reference checkpoints: BGR, ours: RGB).
-        img_size: evaluation size; default the checkpoint's training size (224 for reference checkpoints).
+        img_size: evaluation size; default the checkpoint's training size (224 for reference checkpoints). A
+            model with CCT runs only at its training size: another size raises AblationError.
         out_csv: where to write the per-image rows (optional).
 
     Returns:
@@ -151,6 +206,8 @@ def evaluate_checkpoint(
     path = Path(checkpoint)
     if not path.is_file():
         raise AblationError(f"checkpoint {path} not found")
+    if out_csv is not None:
+        _check_output_path(Path(out_csv))
     setup = setup_device(device, precision="fp32" if device == "cpu" else "auto")
     model, size, _ = _load_any_checkpoint(path, img_size, setup.device)
     model = to_memory_format(model, setup)

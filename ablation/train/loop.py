@@ -61,6 +61,7 @@ from ablation.train.device import (
     to_memory_format,
 )
 from ablation.train.evaluate import (
+    first_state_dict_mismatch,
     logit_threshold,
     predict_masks,
     to_input,
@@ -96,9 +97,11 @@ def train_run(
         AblationError: bad input (unknown dataset, a folder that belongs to another config, ...).
     """
     out_dir = Path(out_dir)
+    check_trainable(config)
+    # The device is checked even for a finished run: a wrong --device must not pass silently.
+    setup = setup_device(device, precision=config.train.precision, channels_last=config.train.channels_last)
     if (out_dir / METRICS_FILE).exists():
         return read_json(out_dir / METRICS_FILE)
-    setup = setup_device(device, precision=config.train.precision, channels_last=config.train.channels_last)
     with determinism(config.train.deterministic):
         try:
             return _train(config, out_dir, setup, progress)
@@ -108,6 +111,36 @@ def train_run(
             if (out_dir / CONFIG_FILE).exists():  # started: record why it stopped (it stays resumable)
                 write_status(out_dir, f"failed: {type(error).__name__}: {error}")
             raise
+
+
+def check_trainable(config: RunConfig) -> None:
+    """Refuse model settings that are valid for a network but not for training on the prepared data.
+
+    Every prepared dataset holds RGB images and binary masks, and the loss is one-channel BCE + soft Dice.
+
+    Raises:
+        AblationError: ``model.in_channels`` other than 3 or ``model.num_classes`` other than 1.
+    """
+    if config.model.in_channels != 3:
+        raise AblationError(
+            f"config key 'model.in_channels' must be 3 for training (the prepared images are RGB), "
+            f"got {config.model.in_channels}"
+        )
+    if config.model.num_classes != 1:
+        raise AblationError(
+            f"config key 'model.num_classes' must be 1 for training (binary masks, one-channel BCE + Dice "
+            f"loss), got {config.model.num_classes}"
+        )
+
+
+def has_stopped(state: dict[str, Any], cfg: TrainConfig) -> tuple[bool, bool]:
+    """``(done, stopped_early)`` for an early-stopping state after ``state["epoch"]`` epochs.
+
+    A run is done when its patience ran out (``stopped_early``) or it reached ``max_epochs``; a resumed run in
+    that state goes straight to :func:`finish_run` instead of training further.
+    """
+    stopped_early = state["best_epoch"] > 0 and state["epoch"] - state["best_epoch"] > cfg.patience
+    return stopped_early or state["epoch"] >= cfg.max_epochs, stopped_early
 
 
 def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool) -> dict[str, Any]:
@@ -148,9 +181,12 @@ def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool)
     previous_seconds = sum(row["seconds"] for row in state["history"])  # epochs trained before a resume
     write_status(out_dir, "running", epoch=state["epoch"])
 
+    # A run that crashed after its last checkpoint but before metrics.json (e.g. in the test evaluation) has
+    # nothing left to train: it only needs finishing.
+    done, stopped_early = has_stopped(state, cfg)
     bar = tqdm(total=cfg.max_epochs, initial=state["epoch"], desc=run_name(config), disable=not progress)
-    stopped_early = False
-    for epoch in range(state["epoch"] + 1, cfg.max_epochs + 1):
+    last_epoch = state["epoch"] if done else cfg.max_epochs
+    for epoch in range(state["epoch"] + 1, last_epoch + 1):
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss = _train_epoch(step_model, optimizer, train_images, train_masks, generator, setup, cfg,
@@ -173,7 +209,7 @@ def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool)
         state["epoch"] = epoch
         if epoch > cfg.min_best_epoch and val_dice > state["best_dice"]:
             state.update(best_dice=val_dice, best_epoch=epoch, best_model=clone_state(model))
-        stopped_early = state["best_epoch"] > 0 and epoch - state["best_epoch"] > cfg.patience
+        _, stopped_early = has_stopped(state, cfg)
         if stopped_early or epoch % cfg.checkpoint_every == 0 or epoch == cfg.max_epochs:
             save_checkpoint(
                 out_dir / LAST_CHECKPOINT,
@@ -476,18 +512,29 @@ def load_checkpoint(
     Raises:
         AblationError: an unreadable checkpoint, or one that belongs to another run.
     """
+    from ablation.models.reference import read_checkpoint
+
+    restart = "delete it to restart the run"
     try:
-        saved = torch.load(path, map_location=setup.device, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises several types for damaged files
+        saved = read_checkpoint(path, map_location=setup.device)
+    except AblationError as error:
+        raise AblationError(f"{error}; {restart}") from None
+    keys = ("epoch", "best_dice", "best_epoch", "best_model", "history")
+    if not isinstance(saved, dict) or "run_id" not in saved:
+        raise AblationError(f"checkpoint {path} is not a checkpoint_last.pt of a run (no run_id); {restart}")
+    if saved["run_id"] != run_id(config):
+        raise AblationError(f"checkpoint {path} belongs to run {saved['run_id']}, not {run_id(config)}")
+    missing = [key for key in ("model", "optimizer", "scheduler", "rng", *keys) if key not in saved]
+    if missing:
+        raise AblationError(f"checkpoint {path} lacks {', '.join(missing)}; {restart}")
+    mismatch = first_state_dict_mismatch(model.state_dict(), saved["model"])
+    if mismatch is not None:
         raise AblationError(
-            f"cannot read checkpoint {path} ({error}): delete it to restart the run"
-        ) from None
-    if saved.get("run_id") != run_id(config):
-        raise AblationError(f"checkpoint {path} belongs to run {saved.get('run_id')}, not {run_id(config)}")
+            f"checkpoint {path}: its weights do not fit the run's model ({mismatch}); {restart}"
+        )
     model.load_state_dict(saved["model"])
     torch.set_rng_state(saved["rng"]["torch"].cpu())
     generator.set_state(saved["rng"]["generator"].cpu())
     if setup.is_cuda and "cuda" in saved["rng"]:
         torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), setup.device)
-    keys = ("epoch", "best_dice", "best_epoch", "best_model", "history")
     return {key: copy.copy(saved[key]) for key in keys}, saved["optimizer"], saved["scheduler"]

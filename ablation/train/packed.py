@@ -451,6 +451,13 @@ def train_packed(
             "train_packed: these runs cannot share a pack (they must differ only in seed, split and, for "
             f"{' and '.join(MASKABLE_CONNECTORS)}, skip subset): group them with group_for_packing"
         )
+    from ablation.train.loop import check_trainable
+
+    for config in configs:
+        check_trainable(config)
+    cfg = configs[0].train
+    # The device is checked even when every run is done: a wrong device must not pass silently.
+    setup = setup_device(device, precision=cfg.precision, channels_last=cfg.channels_last)
     results: list[dict[str, Any] | None] = [None] * len(configs)
     pending = []
     for position, out_dir in enumerate(out_dirs):
@@ -459,8 +466,6 @@ def train_packed(
         else:
             pending.append(position)
     if pending:
-        cfg = configs[pending[0]].train
-        setup = setup_device(device, precision=cfg.precision, channels_last=cfg.channels_last)
         with determinism(cfg.deterministic):
             _train_pending([configs[p] for p in pending], [out_dirs[p] for p in pending], pending, setup,
                            progress, results)  # fmt: skip
@@ -477,6 +482,7 @@ def _train_pending(
 ) -> None:
     """Prepare every pending variant (resuming from its checkpoint), then train them in compatible sub-packs."""
     from ablation.data import load_prepared
+    from ablation.train import loop
 
     first = configs[0]
     prepared = load_prepared(first.dataset, img_size=first.model.img_size, data_root=first.data_root)
@@ -486,6 +492,10 @@ def _train_pending(
             variants.append(_prepare_variant(position, config, out_dir, prepared, setup))
         subpacks: dict[tuple[int, int], list[_Variant]] = {}
         for variant in variants:
+            done, variant.state["stopped_early"] = loop.has_stopped(variant.state, variant.config.train)
+            if done:  # crashed after its last checkpoint but before metrics.json: nothing left to train
+                results[variant.position] = _finish(variant, setup)
+                continue
             key = (variant.train[0].shape[0], variant.state["epoch"])
             subpacks.setdefault(key, []).append(variant)
         for members in subpacks.values():
@@ -645,9 +655,8 @@ def _end_epoch(variant: _Variant, pack: ModelPack, k: int, epoch: int, row: tupl
     val_dice = row[3]
     if epoch > cfg.min_best_epoch and val_dice > state["best_dice"]:
         state.update(best_dice=val_dice, best_epoch=epoch, best_model=loop.clone_state(variant.model))
-    stopped_early = state["best_epoch"] > 0 and epoch - state["best_epoch"] > cfg.patience
-    state["stopped_early"] = stopped_early
-    if stopped_early or epoch % cfg.checkpoint_every == 0 or epoch == cfg.max_epochs:
+    done, state["stopped_early"] = loop.has_stopped(state, cfg)
+    if done or epoch % cfg.checkpoint_every == 0:
         optimizer_state = pack.optimizer_state(k, variant.model)
         scheduler_state = pack.scheduler.state_dict()
         checkpoint_state = {
@@ -663,7 +672,7 @@ def _end_epoch(variant: _Variant, pack: ModelPack, k: int, epoch: int, row: tupl
             checkpoint_state,
         )
         write_status(variant.out_dir, "running", epoch=epoch)
-    return stopped_early or epoch == cfg.max_epochs
+    return done
 
 
 def _finish(variant: _Variant, setup: DeviceSetup) -> dict[str, Any]:
