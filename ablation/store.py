@@ -58,7 +58,8 @@ def run_id(config: RunConfig) -> str:
     return stable_hash(data, length=8)
 
 
-def _slug(text: str) -> str:
+def dataset_slug(text: str) -> str:
+    """The short, file-name-safe dataset name used in run names: a folder path gives its last component."""
     name = Path(text).name if ("/" in text or "\\" in text) else text
     return re.sub(r"[^A-Za-z0-9.-]+", "-", name).strip("-").lower() or "data"
 
@@ -70,7 +71,7 @@ def split_name(config: RunConfig) -> str:
 def run_name(config: RunConfig) -> str:
     model = config.model
     return (
-        f"{_slug(config.dataset)}_{model.connector}_{model.skips}_s{config.seed}_{split_name(config)}_"
+        f"{dataset_slug(config.dataset)}_{model.connector}_{model.skips}_s{config.seed}_{split_name(config)}_"
         f"{run_id(config)}"
     )
 

@@ -1,8 +1,8 @@
 """Stand-in run functions for the grid tests (no tests here).
 
-They follow train_run's contract cheaply: config.json and status.json when they start, metrics.json last. Each
-entry leaves a marker file, so tests count how many times a run was trained. Module-level so worker processes
-and subprocesses can import them.
+They follow train_run's contract cheaply: config.json and status.json when they start, a one-row
+test_metrics.csv, metrics.json last. Each entry leaves a marker file, so tests count how many times a run was
+trained. Module-level so worker processes and subprocesses can import them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ablation.config import RunConfig, to_dict
 from ablation.errors import AblationError
-from ablation.io import atomic_write_json
+from ablation.io import atomic_write_json, atomic_write_text
 from ablation.store import write_status
 
 ENTRY_PREFIX = "entered-"
@@ -33,6 +33,7 @@ def fake_train(config: RunConfig, out_dir: Path, *, device: str | None = None, p
     write_status(out_dir, "running", epoch=0)
     time.sleep(float(os.environ.get("GRID_TEST_SLEEP", "0.02")))
     metrics = {"status": "done", "run_name": out_dir.name, "dice_mean": 0.5, "device": device}
+    atomic_write_text(out_dir / "test_metrics.csv", "image,dice,iou\nimg0,0.5,0.33\n")
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
 

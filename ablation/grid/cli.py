@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -68,18 +69,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=run_command)
 
     status = subparsers.add_parser(
-        "status", help="list the runs of a results folder: done, running, failed (with error), pending"
+        "status",
+        help="list the runs of a results folder: done, running, failed (with error), pending",
+        description="List the runs of a results folder with their state: done, running, failed (with the "
+        "error), pending, or damaged (a file of the run cannot be read).",
     )
     status.add_argument("results_dir", help="the grid's results folder")
     status.add_argument("--spec", help="the experiment spec, to list its runs that have not started")
-    status.add_argument("--only", action="append", metavar="FILTER", help="as for `ablation run`")
+    status.add_argument(
+        "--only",
+        action="append",
+        metavar="FILTER",
+        help="as for `ablation run`; without --spec the fields are read from the run folder names",
+    )
     status.add_argument(
         "--quiet", action="store_true", help="print only failed and running runs and the totals"
     )
     status.set_defaults(handler=status_command)
 
     demo = subparsers.add_parser(
-        "demo", help="run experiments/demo.toml (tiny models, synthetic data) and write its report"
+        "demo",
+        help="run experiments/demo.toml (tiny models, synthetic data) and write its report",
+        description="Run the demo grid of experiments/demo.toml (all 16 skip subsets of a tiny U-Net and the "
+        "other connectors with all skips, on two synthetic datasets; a few minutes on a CPU) and write its "
+        "report into the results folder. Finished runs are kept: a second call only writes the report again.",
     )
     demo.add_argument("--out", default=DEMO_OUT, help=f"results folder (default: {DEMO_OUT})")
     demo.add_argument("--workers", type=int, help="worker processes (default: one per core, at most 8)")
@@ -88,33 +101,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from .runner import grid_status, run_grid
-    from .spec import expand_spec, load_spec, parse_pack_size
+    from .local import check_gpus, parse_gpus
+    from .runner import check_results_dir, grid_status, run_grid
+    from .spec import check_datasets, expand_spec, load_spec, parse_pack_size
 
-    spec = load_spec(args.spec)
-    configs = _selected(expand_spec(spec), args.only)
+    # The flags first: a bad value is an error even when every run is done and nothing would use it.
+    _check_positive(args.workers, "--workers")
+    _check_positive(args.workers_per_gpu, "--workers-per-gpu")
+    _check_positive(args.cpus_per_run, "--cpus-per-run")
+    pack_size = None if args.pack_size is None else parse_pack_size(args.pack_size, "--pack-size")
+    gpus = parse_gpus(args.gpus)
     if args.out and args.storage and Path(args.out).resolve() != Path(args.storage).resolve():
         raise AblationError(
             "--out and --storage name different folders: give one (--storage for Ray clusters)"
         )
-    results_dir = Path(args.storage or args.out or spec.out)
+    spec = load_spec(args.spec)
+    configs = _selected(expand_spec(spec), args.only)
+    results_dir = check_results_dir(args.storage or args.out or spec.out)
+    # A dry run lists runs without reading data; a Ray cluster's nodes may hold data this machine lacks.
+    lenient = args.dry_run or (args.backend == "ray" and args.ray_address is not None)
+    for warning in check_datasets(spec, configs, strict=not lenient):
+        print(warning, file=sys.stderr)
     if args.dry_run:
         _print_states(grid_status(results_dir, configs), results_dir, quiet=False)
         return 0
-    from .local import parse_gpus
-
+    if gpus is not None and args.backend == "local":
+        check_gpus(gpus)
     summary = run_grid(
         configs,
         results_dir,
         backend=args.backend,
         workers=args.workers,
-        gpus=parse_gpus(args.gpus),
+        gpus=gpus,
         workers_per_gpu=args.workers_per_gpu,
         ray_address=args.ray_address,
         cpus_per_run=args.cpus_per_run,
-        pack_size=spec.pack_size
-        if args.pack_size is None
-        else parse_pack_size(args.pack_size, "--pack-size"),
+        pack_size=spec.pack_size if args.pack_size is None else pack_size,
         retry_failed=not args.skip_failed,
         progress=not args.no_progress,
         spec_name=spec.name,
@@ -125,16 +147,20 @@ def run_command(args: argparse.Namespace) -> int:
 
 def status_command(args: argparse.Namespace) -> int:
     from .runner import grid_status
-    from .spec import expand_spec
+    from .spec import expand_spec, select_names
 
     results_dir = Path(args.results_dir)
-    if args.spec is None:
-        if not results_dir.is_dir():
-            raise AblationError(f"results folder not found: {results_dir}")
-        if args.only:
-            raise AblationError("--only needs --spec (filters match run configs)")
-    configs = _selected(expand_spec(args.spec), args.only) if args.spec else None
-    states = grid_status(results_dir, configs)
+    if args.spec is None and not results_dir.is_dir():
+        raise AblationError(f"results folder not found: {results_dir}")
+    if args.spec is not None:
+        states = grid_status(results_dir, _selected(expand_spec(args.spec), args.only))
+    else:  # the runs the folder knows; --only then reads its fields from the run folder names
+        states = grid_status(results_dir)
+        if states and args.only:
+            kept = set(select_names([state.name for state in states], args.only))
+            states = [state for state in states if state.name in kept]
+            if not states:
+                raise AblationError(f"no run in {results_dir} matches --only {' '.join(args.only)!r}")
     if not states:
         print(f"no runs in {results_dir} (give --spec to list the runs a spec would add)")
         return 0
@@ -143,9 +169,11 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from .runner import run_grid
+    from .runner import check_results_dir, run_grid
     from .spec import load_spec
 
+    _check_positive(args.workers, "--workers")
+    check_results_dir(args.out)
     if not DEMO_SPEC.is_file():
         raise AblationError(
             f"demo spec not found at {DEMO_SPEC}: `ablation demo` runs from a source checkout "
@@ -153,7 +181,7 @@ def demo_command(args: argparse.Namespace) -> int:
         )
     spec = load_spec(DEMO_SPEC)
     started = time.time()
-    workers = args.workers or _demo_workers()
+    workers = _demo_workers() if args.workers is None else args.workers
     summary = run_grid(
         spec.expand(), args.out, workers=workers, pack_size=spec.pack_size, spec_name=spec.name
     )
@@ -164,6 +192,11 @@ def demo_command(args: argparse.Namespace) -> int:
             print(f"report: {report}")
     print(f"demo finished in {time.time() - started:.0f} s")
     return summary.exit_code
+
+
+def _check_positive(value: int | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise AblationError(f"{flag} must be >= 1, got {value}")
 
 
 def _write_report(results_dir: Path) -> Path | None:
@@ -191,5 +224,6 @@ def _print_states(states: list[RunState], results_dir: Path, *, quiet: bool) -> 
         detail = f"  ({state.detail})" if state.detail else ""
         print(f"{state.status:<8} {state.name}{detail}")
     counts = Counter(state.status for state in states)
-    totals = ", ".join(f"{counts.get(kind, 0)} {kind}" for kind in ("done", "running", "failed", "pending"))
+    kinds = ("done", "running", "failed", "pending", *(["damaged"] if counts["damaged"] else []))
+    totals = ", ".join(f"{counts.get(kind, 0)} {kind}" for kind in kinds)
     print(f"{len(states)} runs in {results_dir}: {totals}")

@@ -80,13 +80,35 @@ def gpu_memory_bytes(gpus: Sequence[str]) -> float:
 
 
 def parse_gpus(text: str | None) -> list[str] | None:
-    """``"0,1"`` -> ``["0", "1"]``; None stays None (use every visible GPU)."""
+    """``"0,1"`` -> ``["0", "1"]``; None stays None (use every visible GPU).
+
+    Raises:
+        AblationError: for an empty list or an entry that is neither an index nor a GPU/MIG UUID.
+    """
     if text is None:
         return None
     gpus = [gpu.strip() for gpu in text.split(",") if gpu.strip()]
-    if not gpus:
-        raise AblationError(f"--gpus {text!r}: expected a comma-separated list of GPU ids such as 0,1")
+    bad = [gpu for gpu in gpus if not (gpu.isdigit() or gpu.startswith(("GPU-", "MIG-")))]
+    if not gpus or bad:
+        raise AblationError(
+            f"--gpus {text!r}: expected a comma-separated list of GPU indices (such as 0,1) or GPU UUIDs"
+        )
     return gpus
+
+
+def check_gpus(gpus: Sequence[str]) -> None:
+    """Check that the GPUs named by ``--gpus`` exist, so a grid never falls back to the CPU unasked.
+
+    Raises:
+        AblationError: when this machine has no GPU, or an index is not among its GPUs.
+    """
+    found = detect_gpus()
+    if not found:
+        raise AblationError("no GPU found (nvidia-smi): drop --gpus to train on the CPU")
+    if all(gpu.isdigit() for gpu in found):  # UUIDs cannot be compared with indices; the worker will tell
+        absent = [gpu for gpu in gpus if gpu.isdigit() and gpu not in found]
+        if absent:
+            raise AblationError(f"--gpus: GPU {absent[0]} not found: choose among {', '.join(found)}")
 
 
 def available_cores() -> int:

@@ -24,9 +24,16 @@ from typing import Any
 
 from ablation.config import RunConfig
 from ablation.errors import AblationError
-from ablation.io import atomic_write_json, read_json
+from ablation.io import atomic_write_json, read_json_table
 from ablation.packing import auto_pack_size, group_for_packing
-from ablation.store import CONFIG_FILE, METRICS_FILE, STATUS_FILE, read_status, run_name, write_status
+from ablation.store import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    STATUS_FILE,
+    TEST_METRICS_FILE,
+    run_name,
+    write_status,
+)
 
 from . import locks
 
@@ -44,9 +51,10 @@ class RunState:
 
     Attributes:
         name: the run folder's name.
-        status: ``done``, ``running`` (a live runner holds its lock), ``failed`` or ``pending``.
+        status: ``done``, ``running`` (a live runner holds its lock), ``failed``, ``pending`` or ``damaged``
+            (a file of the run folder cannot be read; see :func:`done_run_problem`).
         detail: the error of a failed run, the lock owner of a running one, ``interrupted at epoch E`` for a
-            pending run that will resume from its checkpoint.
+            pending run that will resume from its checkpoint, the file and reason for a damaged one.
     """
 
     name: str
@@ -56,7 +64,8 @@ class RunState:
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """What one runner did with one run: ``done``, ``failed``, ``skipped`` (already done) or ``busy``."""
+    """What one runner did with one run: ``done``, ``failed``, ``skipped`` (already done), ``busy`` or
+    ``damaged`` (finished, but its metrics.json, config.json or test_metrics.csv cannot be read)."""
 
     name: str
     outcome: str
@@ -80,20 +89,28 @@ class GridSummary:
         return [o for o in self.outcomes if o.outcome == "failed"]
 
     @property
+    def damaged(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.outcome == "damaged"]
+
+    @property
     def exit_code(self) -> int:
-        """1 when any run failed (or was left failed), else 0."""
-        return 1 if self.failed else 0
+        """1 when any run failed (or was left failed) or is damaged, else 0."""
+        return 1 if self.failed or self.damaged else 0
 
     def format(self) -> str:
-        counts = {kind: len(self.names(kind)) for kind in ("done", "skipped", "failed", "busy")}
+        counts = {kind: len(self.names(kind)) for kind in ("done", "skipped", "failed", "busy", "damaged")}
+        damaged = f", damaged {counts['damaged']}" if counts["damaged"] else ""
         lines = [
             f"grid finished in {self.results_dir}: {self.total} runs; trained {counts['done']}, "
-            f"skipped {counts['skipped']} (already done), failed {counts['failed']}, "
+            f"skipped {counts['skipped']} (already done), failed {counts['failed']}{damaged}, "
             f"left to another runner {counts['busy']}"
         ]
         lines += [f"  failed: {o.name}: {o.error}" for o in self.failed]
+        lines += [f"  damaged: {o.name}: {o.error}" for o in self.damaged]
         if self.failed:
             lines.append("  rerun the same command to retry the failed runs (completed runs are kept)")
+        if self.damaged:
+            lines.append("  a damaged run is not retrained: delete its folder to train it again")
         return "\n".join(lines)
 
 
@@ -104,16 +121,17 @@ def run_state(results_dir: str | Path, name: str) -> RunState:
     """The state of the run folder ``results_dir/name`` (which need not exist)."""
     run_dir = Path(results_dir) / name
     if (run_dir / METRICS_FILE).exists():
-        return RunState(name, "done")
+        problem = done_run_problem(run_dir)
+        return RunState(name, "damaged", problem) if problem else RunState(name, "done")
     if locks.lock_path(run_dir).exists() and locks.is_locked(run_dir):
         owner = locks.read_owner(run_dir)
         return RunState(name, "running", owner.describe() if owner else "lock being written")
     if not (run_dir / STATUS_FILE).exists():
         return RunState(name, "pending")
     try:
-        status = read_status(run_dir)
-    except (OSError, ValueError):
-        return RunState(name, "pending", "unreadable status.json")
+        status = read_json_table(run_dir / STATUS_FILE)
+    except AblationError as error:  # nothing finished is lost: the next run rewrites it and resumes
+        return RunState(name, "damaged", f"{error}; `ablation run` trains it again")
     text = str(status.get("status", ""))
     if text.startswith("failed"):
         return RunState(
@@ -123,6 +141,38 @@ def run_state(results_dir: str | Path, name: str) -> RunState:
     return RunState(
         name, "pending", "interrupted" + (f" at epoch {epoch}" if epoch is not None else "") + ", resumes"
     )
+
+
+def done_run_problem(run_dir: str | Path) -> str | None:
+    """Why a finished run folder (one with metrics.json) cannot be used, or None when it can.
+
+    Checks that metrics.json and config.json hold JSON objects and that test_metrics.csv has the columns
+    image, dice and iou and at least one row: what ``ablation report`` needs of every done run. Reads a few
+    small files, so ``ablation status`` and the report agree on which runs are damaged.
+    """
+    run_dir = Path(run_dir)
+    for file in (METRICS_FILE, CONFIG_FILE):
+        try:
+            read_json_table(run_dir / file)
+        except AblationError as error:
+            return str(error)
+    path = run_dir / TEST_METRICS_FILE
+    try:
+        with path.open(encoding="utf-8") as handle:
+            header, first_row = handle.readline(), handle.readline()
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except (OSError, UnicodeDecodeError) as error:
+        return f"cannot read {path}: {error}"
+    if not header.strip():
+        return f"{path} is empty"
+    columns = [column.strip() for column in header.strip().split(",")]
+    absent = [column for column in ("image", "dice", "iou") if column not in columns]
+    if absent:
+        return f"{path}: missing column {absent[0]!r} (expected image, dice, iou)"
+    if not first_row.strip():
+        return f"{path} has no rows"
+    return None
 
 
 def grid_status(results_dir: str | Path, configs: Sequence[RunConfig] | None = None) -> list[RunState]:
@@ -143,9 +193,10 @@ def recorded_runs(results_dir: str | Path) -> list[str]:
     if not path.exists():
         return []
     try:
-        return list(read_json(path).get("runs", []))
-    except (OSError, ValueError, AttributeError):
+        runs = read_json_table(path).get("runs", [])
+    except AblationError:
         return []
+    return [run for run in runs if isinstance(run, str)] if isinstance(runs, list) else []
 
 
 def _record_grid(results_dir: Path, names: Iterable[str], spec_name: str | None) -> None:
@@ -155,9 +206,10 @@ def _record_grid(results_dir: Path, names: Iterable[str], spec_name: str | None)
         previous = []
         if (results_dir / GRID_FILE).exists():
             try:
-                previous = list(read_json(results_dir / GRID_FILE).get("specs", []))
-            except (OSError, ValueError, AttributeError):
+                previous = read_json_table(results_dir / GRID_FILE).get("specs", [])
+            except AblationError:
                 previous = []
+        previous = [spec for spec in previous if isinstance(spec, str)] if isinstance(previous, list) else []
         record["specs"] = list(dict.fromkeys([*previous, spec_name]))
     atomic_write_json(results_dir / GRID_FILE, record)
 
@@ -245,8 +297,8 @@ def execute_unit(
         state = run_state(results_dir, name)
         if state.status == "done":
             outcomes.append(RunOutcome(name, "skipped"))
-        elif state.status == "failed" and not retry_failed:
-            outcomes.append(RunOutcome(name, "failed", state.detail))
+        elif _left_as_is(state, run_dir, retry_failed):
+            outcomes.append(RunOutcome(name, state.status, state.detail))
         elif not locks.try_lock(run_dir):
             outcomes.append(RunOutcome(name, "busy"))
         else:
@@ -255,6 +307,14 @@ def execute_unit(
             finally:
                 locks.release_lock(run_dir)
     return outcomes
+
+
+def _left_as_is(state: RunState, run_dir: Path, retry_failed: bool) -> bool:
+    """A failed run under ``retry_failed=False``, or a finished run whose files are damaged: never retrained
+    here (that would overwrite what it computed); the user deletes the folder to train it again."""
+    if state.status == "failed":
+        return not retry_failed
+    return state.status == "damaged" and (run_dir / METRICS_FILE).exists()
 
 
 def _execute_pack(
@@ -268,8 +328,8 @@ def _execute_pack(
         state = run_state(results_dir, name)
         if state.status == "done":
             outcomes.append(RunOutcome(name, "skipped"))
-        elif state.status == "failed" and not retry_failed:
-            outcomes.append(RunOutcome(name, "failed", state.detail))
+        elif _left_as_is(state, results_dir / name, retry_failed):
+            outcomes.append(RunOutcome(name, state.status, state.detail))
         elif not locks.try_lock(results_dir / name):
             outcomes.append(RunOutcome(name, "busy"))
         else:
@@ -332,9 +392,9 @@ def _record_failure(run_dir: Path, error: Exception, started: float) -> str:
     """Write status.json for a failed run, unless the run function already wrote its own failed status."""
     status_path = run_dir / STATUS_FILE
     try:
-        status = read_status(run_dir) if status_path.exists() else {}
+        status = read_json_table(status_path) if status_path.exists() else {}
         written_now = status_path.exists() and status_path.stat().st_mtime >= started - 1.0
-    except (OSError, ValueError):
+    except (OSError, AblationError):
         status, written_now = {}, False
     text = str(status.get("status", ""))
     if written_now and text.startswith("failed"):
@@ -395,15 +455,17 @@ def run_grid(
     """
     if backend not in BACKENDS:
         raise AblationError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    results_dir = Path(results_dir).expanduser().resolve()
-    results_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = make_results_dir(results_dir)
     names = [run_name(config) for config in configs]
     _record_grid(results_dir, names, spec_name)
     summary = GridSummary(results_dir=results_dir, total=len(configs))
     todo = []
     for config, name in zip(configs, names):
-        if run_state(results_dir, name).status == "done":
+        state = run_state(results_dir, name)
+        if state.status == "done":
             summary.outcomes.append(RunOutcome(name, "skipped"))
+        elif _left_as_is(state, results_dir / name, retry_failed=True):  # damaged: reported, left as is
+            summary.outcomes.append(RunOutcome(name, "damaged", state.detail))
         else:
             todo.append(config)
     pack_size = 1 if run_fn is not None else resolve_pack_size(pack_size, todo, backend, gpus)
@@ -445,6 +507,34 @@ def run_grid(
     finally:
         bar.close()
     return summary
+
+
+def check_results_dir(results_dir: str | Path) -> Path:
+    """``results_dir`` as a Path, after checking it is a folder or does not exist yet.
+
+    Raises:
+        AblationError: when it, or a folder above it, is a file.
+    """
+    path = Path(results_dir).expanduser()
+    for where in (path, *path.parents):
+        if where.exists() and not where.is_dir():
+            inside = "" if where == path else f": {where}"  # a file above the folder, e.g. --out afile.txt/x
+            raise AblationError(f"results folder {path}{inside} is a file, not a folder; choose another one")
+    return path
+
+
+def make_results_dir(results_dir: str | Path) -> Path:
+    """Create the results folder (and its parents) and return its absolute path.
+
+    Raises:
+        AblationError: when it, or a folder above it, is a file, or it cannot be created.
+    """
+    path = check_results_dir(results_dir).resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AblationError(f"cannot create results folder {path}: {error.strerror or error}") from None
+    return path
 
 
 def _grid_bar(total: int, initial: int, progress: bool) -> Any:

@@ -27,7 +27,9 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
+import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from ablation.config import (
 )
 from ablation.errors import AblationError
 from ablation.skips import expand_subsets, parse_skips
+from ablation.store import dataset_slug  # the dataset part of run folder names
 from ablation.store import run_id, run_name, split_name
 
 if sys.version_info >= (3, 11):
@@ -220,6 +223,45 @@ def expand_spec(spec: str | Path | dict[str, Any] | GridSpec) -> list[RunConfig]
     return _checked(grid.expand, where=where)
 
 
+def check_datasets(
+    grid: GridSpec, configs: Sequence[RunConfig] | None = None, *, strict: bool = True
+) -> list[str]:
+    """Check that every dataset of a spec can be found, before any run starts.
+
+    A dataset must be a known name (:data:`ablation.data.DATASETS`) or an existing folder; a named real
+    dataset (glas, monuseg) must have its folder under its data root (the entry's ``data_root``, else
+    $ABLATION_DATA, else ./data). Resolution is :func:`ablation.data.prepare.resolve_dataset`, as in
+    training.
+
+    Args:
+        grid: the parsed spec.
+        configs: check only the datasets these runs use (the runs ``--only`` kept); default every dataset.
+        strict: raise for a named dataset whose folder is missing; False turns that into a warning (for
+            ``--dry-run``, which lists runs without reading data). Unknown names always raise.
+
+    Returns:
+        Warning lines, one per missing dataset folder (empty when ``strict`` or when every folder exists).
+
+    Raises:
+        AblationError: naming the spec file and the dataset, where it looked, and the valid names.
+    """
+    from ablation.data.prepare import DATASET_FOLDERS, resolve_dataset
+
+    where = grid.source or "spec"
+    warnings = []
+    used = None if configs is None else {(config.dataset, config.data_root) for config in configs}
+    for entry in dict.fromkeys(grid.datasets):
+        if used is not None and (entry.name, entry.data_root) not in used:
+            continue
+        try:
+            resolve_dataset(entry.name, entry.data_root)
+        except AblationError as error:
+            if strict or entry.name.lower() not in DATASET_FOLDERS:
+                raise AblationError(f"{where}: {error}") from None
+            warnings.append(f"warning: {where}: {error}")
+    return warnings
+
+
 # --only filters ---------------------------------------------------------------------------------------------
 
 FILTER_KEYS: dict[str, str] = {
@@ -248,6 +290,34 @@ def run_fields(config: RunConfig) -> dict[str, str]:
     }
 
 
+def name_fields(name: str) -> dict[str, str] | None:
+    """The ``--only`` fields of a run folder name, read from the name alone; None for any other name.
+
+    Run folders are named ``<dataset>_<connector>_<skips>_s<seed>_<split>_<hash8>`` (:func:`run_name`), where
+    ``dataset`` is the dataset's short form (a folder's last component, lower case).
+    """
+    parts = name.split("_")
+    if len(parts) != 6 or not re.fullmatch(r"s\d+", parts[3]) or not re.fullmatch(r"[0-9a-f]{8}", parts[5]):
+        return None
+    dataset, connector, skips, seed, split, hash8 = parts
+    if split == "official":
+        repeat, fold = "0", "official"
+    elif match := re.fullmatch(r"r(\d+)f(\d+)", split):
+        repeat, fold = match.groups()
+    else:
+        return None
+    return {
+        "dataset": dataset,
+        "connector": connector,
+        "skips": skips,
+        "seed": seed[1:],
+        "fold": fold,
+        "repeat": repeat,
+        "split": split,
+        "run_id": hash8,
+    }
+
+
 def select_runs(configs: list[RunConfig], filters: list[str] | None) -> list[RunConfig]:
     """Keep the runs matching every filter.
 
@@ -255,11 +325,29 @@ def select_runs(configs: list[RunConfig], filters: list[str] | None) -> list[Run
     name when it holds ``*``, ``?`` or ``[``, else a substring of the run name. A comma separates filters that
     must all match, like repeating ``--only``.
     """
-    terms = [term.strip() for text in filters or [] for term in text.split(",") if term.strip()]
-    return [config for config in configs if all(_matches(config, term) for term in terms)]
+    terms = _terms(filters)
+    return [
+        config
+        for config in configs
+        if all(_matches(run_fields(config), run_name(config), term) for term in terms)
+    ]
 
 
-def _matches(config: RunConfig, term: str) -> bool:
+def select_names(names: list[str], filters: list[str] | None) -> list[str]:
+    """Keep the run folder names matching every filter, as :func:`select_runs` does, without the configs.
+
+    ``key=value`` filters read the fields from the name (:func:`name_fields`); a name in another form matches
+    substring and glob filters only.
+    """
+    terms = _terms(filters)
+    return [name for name in names if all(_matches(name_fields(name), name, term) for term in terms)]
+
+
+def _terms(filters: list[str] | None) -> list[str]:
+    return [term.strip() for text in filters or [] for term in text.split(",") if term.strip()]
+
+
+def _matches(fields: dict[str, str] | None, name: str, term: str) -> bool:
     if "=" in term:
         key, _, value = term.partition("=")
         key = key.strip()
@@ -268,8 +356,11 @@ def _matches(config: RunConfig, term: str) -> bool:
         wanted = [v.strip() for v in value.split("|")]
         if key == "skips":
             wanted = [parse_skips(v) for v in wanted]
-        return run_fields(config)[key] in wanted
-    name = run_name(config)
+        if fields is None:
+            return False
+        if key == "dataset":  # a name holds the dataset's short form; "glas" and "data/GlaS" both match it
+            return fields[key] in wanted or dataset_slug(fields[key]) in {dataset_slug(w) for w in wanted}
+        return fields[key] in wanted
     if any(char in term for char in "*?["):
         return fnmatch.fnmatchcase(name, term)
     return term in name
@@ -288,6 +379,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise AblationError(f"{path}: invalid TOML: {error}") from None
+    except UnicodeDecodeError as error:  # tomllib decodes the bytes itself and lets this through
+        raise AblationError(
+            f"{path}: not a TOML text file (byte {error.start} is not UTF-8); give an experiment spec"
+        ) from None
+    except OSError as error:
+        raise AblationError(f"cannot read spec file {path}: {error.strerror or error}") from None
 
 
 def _checked(function: Any, *args: Any, where: str, **kwargs: Any) -> Any:

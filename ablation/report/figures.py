@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -193,12 +194,9 @@ def qualitative_grid(
     """
     runs = results.runs[results.runs["dataset"] == dataset]
     variants = list(variants) if variants is not None else default_variants(results, dataset)
-    chosen = _prediction_runs(runs, variants)
+    arrays = _prediction_arrays(results, runs, variants)
     names = None
-    arrays = {}
-    for variant, run_name in chosen.items():
-        data = results.predictions(run_name)
-        arrays[variant] = data
+    for data in arrays.values():
         names = list(data["name"]) if names is None else [n for n in names if n in set(data["name"])]
     names = names[:n_images]
     if not names:
@@ -250,19 +248,34 @@ def default_variants(results: Results, dataset: str) -> list[tuple[str, str]]:
     return variants
 
 
-def _prediction_runs(runs: pd.DataFrame, variants: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """Run names of one seed/split that has predictions.npz for every variant."""
+def _prediction_arrays(
+    results: Results, runs: pd.DataFrame, variants: list[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The predictions of every variant from one seed/split that has a readable predictions.npz for each.
+
+    A damaged predictions.npz (kept in ``results.unreadable`` for the report's gaps) makes the figure use
+    another seed/split.
+
+    Raises:
+        AblationError: when no seed/split has readable predictions for every variant.
+    """
     runs = runs[[(Path(p) / PREDICTIONS_FILE).exists() for p in runs["path"]]]
+    damaged = None
     for _, group in runs.groupby(["seed", "split"]):
         found = {}
         for connector, skips in variants:
             match = group[(group["connector"] == connector) & (group["skips"] == skips)]
             if not match.empty:
                 found[(connector, skips)] = match.iloc[0]["run_name"]
-        if len(found) == len(variants):
-            return found
+        if len(found) < len(variants):
+            continue
+        try:
+            return {variant: results.predictions(run_name) for variant, run_name in found.items()}
+        except AblationError as error:
+            damaged = error
     listed = ", ".join(f"{c} {s}" for c, s in variants)
-    raise AblationError(f"no seed/split has predictions.npz for all of: {listed}")
+    because = f" ({damaged})" if damaged is not None else ""
+    raise AblationError(f"no seed/split has readable predictions.npz for all of: {listed}{because}")
 
 
 def critical_difference(result: FriedmanResult, title: str = "") -> Figure:

@@ -1,11 +1,13 @@
 """Load a results folder into tidy pandas frames. No torch import: results can be read anywhere.
 
 Every run folder follows the contract in :mod:`ablation.store`. A run counts as done exactly when ``metrics.json``
-exists; failed and still-running runs are listed, not fatal. The per-image frame has one row per run x test image
-(``masking="retrained"``: the model was built and trained with that skip subset) plus, where a run wrote
-``masked_metrics.csv``, one row per runtime mask x test image of that all-skips model
-(``masking="test-time"``, ``skips`` = the mask). Metrics stay as fractions in [0, 1]; tables and findings show
-percentage points, as the UCTransNet paper (Wang et al., AAAI 2022) does.
+exists; failed, damaged (a file that cannot be read) and still-running runs are listed, not fatal. The
+expected grid is the one ``ablation run`` recorded in ``grid.json``, else the one the run folders imply.
+The per-image frame has one row per run x test image (``masking="retrained"``: the model was built and
+trained with that skip subset) plus, where a run wrote ``masked_metrics.csv``, one row per runtime mask x
+test image of that all-skips model (``masking="test-time"``, ``skips`` = the mask). Metrics stay as
+fractions in [0, 1]; tables and findings show percentage points, as the UCTransNet paper (Wang et al.,
+AAAI 2022) does.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import pandas as pd
 
 from ablation.config import CONNECTORS
 from ablation.errors import AblationError
-from ablation.io import read_json
+from ablation.grid.runner import done_run_problem, recorded_runs
+from ablation.grid.spec import dataset_slug, name_fields
+from ablation.io import read_json_table
 from ablation.skips import ALL_SUBSETS, PAIR_SUBSETS, PAPER_SUBSETS, parse_skips, skip_label
 from ablation.store import (
     CONFIG_FILE,
@@ -27,10 +31,9 @@ from ablation.store import (
     MASKED_METRICS_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
+    STATUS_FILE,
     TEST_METRICS_FILE,
     find_runs,
-    read_status,
-    run_status,
 )
 
 RETRAINED = "retrained"
@@ -66,11 +69,15 @@ class Results:
             ``IMAGE_COLUMNS`` plus whichever of ``IMAGE_METRICS`` the runs wrote.
         runs: one row per done run: identity columns, ``path`` and every key of its metrics.json.
         history: concatenated history.csv files (identity columns + epoch, train_loss, val_loss, val_dice, ...).
-        failed: failed runs with ``error`` and ``epoch`` from status.json.
+        failed: failed runs (``status`` "failed", ``error`` and ``epoch`` from status.json) and damaged ones
+            (``status`` "damaged": a file of the run cannot be read; ``error`` names it and says why).
         incomplete: runs that started but have neither metrics.json nor a failed status.
         missing: combinations of the expected grid without a done run, with their ``status``
-            (``absent``, ``failed``, ``running`` or ``pending``).
-        expected: the expected grid (one row per dataset, connector, skips, seed, split); see :func:`expected_grid`.
+            (``absent``, ``failed``, ``damaged``, ``running`` or ``pending``).
+        expected: the expected grid (one row per dataset, connector, skips, seed, split): the runs recorded in
+            grid.json by ``ablation run``, else :func:`expected_grid`.
+        unreadable: messages for files found damaged while reading on demand (predictions.npz); shared by the
+            copies :meth:`filter` makes, so the report lists them however they were found.
     """
 
     root: Path
@@ -81,6 +88,7 @@ class Results:
     incomplete: pd.DataFrame
     missing: pd.DataFrame
     expected: pd.DataFrame
+    unreadable: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def datasets(self) -> list[str]:
@@ -119,10 +127,19 @@ class Results:
                 if key in frame.columns:
                     frame = frame[frame[key].isin(wanted_list)]
             frames[field] = frame.reset_index(drop=True)
-        return Results(root=self.root, **frames)
+        return Results(root=self.root, **frames, unreadable=self.unreadable)
 
     def predictions(self, run_name: str) -> dict[str, Any] | None:
-        """The run's predictions.npz as a dict (image (N,H,W,3), mask (N,H,W), pred (N,H,W), name (N,)), or None."""
+        """The run's predictions.npz as a dict, or None without one.
+
+        Arrays: image (N, H, W, 3) uint8, mask (N, H, W) uint8, pred (N, H, W) uint8, name (N,).
+
+        Raises:
+            AblationError: for an unknown run, or a predictions.npz that cannot be read or lacks an array (the
+                message is also kept in :attr:`unreadable`).
+        """
+        import zipfile
+
         import numpy as np
 
         row = self.runs[self.runs["run_name"] == run_name]
@@ -131,8 +148,19 @@ class Results:
         path = Path(row.iloc[0]["path"]) / PREDICTIONS_FILE
         if not path.exists():
             return None
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            message = f"cannot read {path}: {error}"
+        else:
+            absent = [key for key in ("image", "mask", "pred", "name") if key not in arrays]
+            if not absent:
+                return arrays
+            message = f"{path}: no array {absent[0]!r} (expected image, mask, pred, name)"
+        if message not in self.unreadable:
+            self.unreadable.append(message)
+        raise AblationError(message)
 
 
 def dataset_name(text: str) -> str:
@@ -162,35 +190,43 @@ def load_results(results_dir: str | Path) -> Results:
 
     image_frames, history_frames, run_rows, failed_rows, incomplete_rows = [], [], [], [], []
     for run_dir in run_dirs:
-        identity = _read_identity(run_dir)
-        status = run_status(run_dir)
-        if identity is None:
-            failed_rows.append(_run_row(run_dir, {}, "failed", error=f"unreadable {CONFIG_FILE}"))
+        try:
+            identity = _read_identity(run_dir)
+        except AblationError as error:
+            failed_rows.append(_run_row(run_dir, {}, "damaged", error=str(error)))
             continue
-        if status == "done":
-            try:
-                metrics, frames = _read_done_run(run_dir, identity)
-            except AblationError as error:
-                failed_rows.append(_run_row(run_dir, identity, "failed", error=str(error)))
+        if (run_dir / METRICS_FILE).exists():
+            # The same check as `ablation status`, so both call the same runs damaged.
+            problem = done_run_problem(run_dir)
+            if problem is None:
+                try:
+                    metrics, frames = _read_done_run(run_dir, identity)
+                except AblationError as error:
+                    problem = str(error)
+            if problem is not None:
+                failed_rows.append(_run_row(run_dir, identity, "damaged", error=problem))
                 continue
             run_rows.append({**metrics, **identity, "path": str(run_dir)})
             image_frames.extend(frames)
             history = _read_history(run_dir, identity)
             if history is not None:
                 history_frames.append(history)
-        elif status == "failed":
-            record = read_status(run_dir)
+            continue
+        record: dict[str, Any] = {}
+        if (run_dir / STATUS_FILE).exists():
+            try:
+                record = read_json_table(run_dir / STATUS_FILE)
+            except AblationError as error:
+                failed_rows.append(_run_row(run_dir, identity, "damaged", error=str(error)))
+                continue
+        text = str(record.get("status", ""))
+        if text.startswith("failed"):
+            error = record.get("error") or text.removeprefix("failed").lstrip(": ")
             failed_rows.append(
-                _run_row(
-                    run_dir,
-                    identity,
-                    "failed",
-                    error=str(record.get("error") or record.get("status", "")),
-                    epoch=record.get("epoch"),
-                )
+                _run_row(run_dir, identity, "failed", error=str(error), epoch=record.get("epoch"))
             )
         else:
-            record = read_status(run_dir) if status == "running" else {}
+            status = "running" if record else "pending"
             incomplete_rows.append(_run_row(run_dir, identity, status, epoch=record.get("epoch")))
 
     images = _concat(image_frames, IMAGE_COLUMNS)
@@ -204,7 +240,9 @@ def load_results(results_dir: str | Path) -> Results:
         [frame[list(KEY_COLUMNS) + ["status"]] for frame in (runs.assign(status="done"), failed, incomplete)],
         ignore_index=True,
     )
-    expected = expected_grid(attempted)
+    expected = _recorded_grid(root, attempted, [*run_rows, *failed_rows, *incomplete_rows])
+    if expected is None:
+        expected = expected_grid(attempted)
     missing = _missing(expected, attempted)
     return Results(
         root=root,
@@ -248,12 +286,44 @@ def expected_grid(attempted: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def _recorded_grid(root: Path, attempted: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame | None:
+    """The grid ``ablation run`` recorded in ``grid.json`` (plus any run folder it lacks); None without one.
+
+    A recorded run without a folder has its fields read from its name
+    (:func:`ablation.grid.spec.name_fields`).
+    """
+    names = recorded_runs(root)
+    if not names:  # no grid.json, an unreadable one, or one without run names: infer the grid instead
+        return None
+    known = {row["run_name"]: row for row in rows if row.get("dataset") is not None}
+    # A name holds the dataset's short form ("glas" for data/GlaS): show it as the run folders present do.
+    datasets = {dataset_slug(row["dataset"]): row["dataset"] for row in known.values()}
+    keyed = []
+    for name in names:
+        if name in known:
+            keyed.append({key: known[name][key] for key in KEY_COLUMNS})
+        elif (fields := name_fields(name)) is not None:
+            keyed.append(
+                {
+                    **{key: fields[key] for key in KEY_COLUMNS},
+                    "dataset": datasets.get(fields["dataset"], fields["dataset"]),
+                    "seed": int(fields["seed"]),
+                }
+            )
+    recorded = pd.DataFrame(keyed, columns=list(KEY_COLUMNS))
+    if recorded.empty:
+        return None
+    expected = pd.concat([recorded, attempted[list(KEY_COLUMNS)]], ignore_index=True)
+    expected["seed"] = expected["seed"].astype(int)
+    return expected.drop_duplicates().reset_index(drop=True)
+
+
 def _missing(expected: pd.DataFrame, attempted: pd.DataFrame) -> pd.DataFrame:
     columns = [*KEY_COLUMNS, "status"]
     if expected.empty:
         return pd.DataFrame(columns=columns)
     # A combination with any done run is complete; otherwise report the most advanced attempt.
-    order = {"done": 0, "running": 1, "failed": 2, "pending": 3}
+    order = {"done": 0, "running": 1, "failed": 2, "damaged": 3, "pending": 4}
     best = (
         attempted.assign(rank=attempted["status"].map(order))
         .sort_values("rank")
@@ -264,9 +334,14 @@ def _missing(expected: pd.DataFrame, attempted: pd.DataFrame) -> pd.DataFrame:
     return merged[merged["status"] != "done"].reset_index(drop=True)[columns]
 
 
-def _read_identity(run_dir: Path) -> dict[str, Any] | None:
+def _read_identity(run_dir: Path) -> dict[str, Any]:
+    """The identity columns of a run from its config.json.
+
+    Raises:
+        AblationError: naming config.json when it cannot be read or lacks a field.
+    """
+    config = read_json_table(run_dir / CONFIG_FILE)
     try:
-        config = read_json(run_dir / CONFIG_FILE)
         model = config["model"]
         fold = config.get("fold")
         repeat = int(config.get("repeat") or 0)
@@ -283,8 +358,10 @@ def _read_identity(run_dir: Path) -> dict[str, Any] | None:
             "fold": None if fold is None else int(fold),
             "split": split_label(fold, repeat),
         }
-    except (OSError, ValueError, KeyError, TypeError, AblationError):
-        return None
+    except KeyError as error:
+        raise AblationError(f"{run_dir / CONFIG_FILE}: missing key {error.args[0]!r}") from None
+    except (ValueError, TypeError, AblationError) as error:
+        raise AblationError(f"{run_dir / CONFIG_FILE}: {error}") from None
 
 
 def _run_row(run_dir: Path, identity: dict[str, Any], status: str, **extra: Any) -> dict[str, Any]:
@@ -305,10 +382,7 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
 
 
 def _read_done_run(run_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, Any], list[pd.DataFrame]]:
-    try:
-        metrics = read_json(run_dir / METRICS_FILE)
-    except (OSError, ValueError) as error:
-        raise AblationError(f"cannot read {run_dir / METRICS_FILE}: {error}") from None
+    metrics = read_json_table(run_dir / METRICS_FILE)
     test_path = run_dir / TEST_METRICS_FILE
     if not test_path.exists():
         raise AblationError(f"done run without {TEST_METRICS_FILE}: {run_dir}")

@@ -65,11 +65,19 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, *, 
         n_boot: bootstrap resamples for confidence intervals and best-subset stability.
 
     Raises:
-        AblationError: if ``results_dir`` does not exist or holds no run folder.
+        AblationError: if ``results_dir`` does not exist or holds no run folder, or ``out_dir`` (or a folder
+            above it) is a file.
     """
-    results = load_results(results_dir)
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    for where in (out, *out.parents):  # checked before any work, so a wrong --out fails at once
+        if where.exists() and not where.is_dir():
+            inside = "" if where == out else f": {where}"  # a file above the folder, e.g. --out afile.txt/x
+            raise AblationError(f"report folder {out}{inside} is a file, not a folder; choose another --out")
+    results = load_results(results_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AblationError(f"cannot create report folder {out}: {error.strerror or error}") from None
     index = _Index(out)
 
     _write_tables(results, index)
@@ -141,13 +149,13 @@ def _write_tables(results: Results, index: _Index) -> None:
     gaps = pd.concat(
         [
             results.missing,
-            results.failed.assign(status="failed")[
-                ["dataset", "connector", "skips", "seed", "split", "status", "error", "run_name"]
-            ],
+            results.failed[["dataset", "connector", "skips", "seed", "split", "status", "error", "run_name"]],
         ],
         ignore_index=True,
     ).drop_duplicates(subset=["dataset", "connector", "skips", "seed", "split", "status"], keep="last")
-    index.text("Tables", "tables/gaps.csv", gaps.to_csv(index=False), "missing, failed and running runs")
+    index.text(
+        "Tables", "tables/gaps.csv", gaps.to_csv(index=False), "missing, failed, damaged and running runs"
+    )
 
 
 def _write_stats(subset: pd.DataFrame, stem: str, index: _Index, n_boot: int) -> list[str]:
@@ -275,7 +283,7 @@ def _readme(results: Results, index: _Index, checked: list[findings.Finding]) ->
     lines = [
         "# Skip-connection ablation report",
         "",
-        f"Results folder: `{results.root}`. Done runs: {done}; failed: {len(results.failed)}; "
+        f"Results folder: `{results.root}`. Done runs: {done}; failed or damaged: {len(results.failed)}; "
         f"running or not started: {len(results.incomplete)}; expected grid combinations without a done run: "
         f"{len(results.missing)}.",
         "",
@@ -292,10 +300,12 @@ def _readme(results: Results, index: _Index, checked: list[findings.Finding]) ->
         lines += [f"- [`{path}`]({path}): {description}" for path, description in entries]
         lines.append("")
     lines += ["## Gaps", ""]
-    if results.failed.empty and results.incomplete.empty and results.missing.empty and not index.skipped:
+    complete = results.failed.empty and results.incomplete.empty and results.missing.empty
+    if complete and not index.skipped and not results.unreadable:
         lines += ["None: every expected run is done and every item was written.", ""]
     for _, row in results.failed.iterrows():
-        lines.append(f"- failed: `{row['run_name']}`: {row['error']}")
+        lines.append(f"- {row['status']}: `{row['run_name']}`: {row['error']}")
+    lines += [f"- damaged: {message}" for message in results.unreadable]
     for _, row in results.incomplete.iterrows():
         lines.append(f"- {row['status']}: `{row['run_name']}`")
     absent = results.missing[results.missing["status"] == "absent"]
