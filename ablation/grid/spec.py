@@ -45,8 +45,12 @@ from ablation.config import (
 )
 from ablation.errors import AblationError
 from ablation.skips import expand_subsets, parse_skips
-from ablation.store import dataset_slug  # the dataset part of run folder names
-from ablation.store import run_id, run_name, split_name
+from ablation.store import (
+    dataset_slug,  # the dataset part of run folder names
+    run_id,
+    run_name,
+    split_name,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
