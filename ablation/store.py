@@ -42,6 +42,10 @@ MASKED_METRICS_FILE = "masked_metrics.csv"
 PREDICTIONS_FILE = "predictions.npz"
 METRICS_FILE = "metrics.json"
 
+GRID_FILE = (
+    "grid.json"  # names of the runs grids expected in this folder, so `ablation status` can list pending
+)
+
 STATUSES = ("done", "failed", "running", "pending")
 
 # Settings that do not change what is computed (where and how fast), left out of a run's identity.
@@ -109,3 +113,75 @@ def write_status(run_dir: str | Path, status: str, **extra: Any) -> None:
 def find_runs(results_dir: str | Path) -> list[Path]:
     """Every run folder (one holding config.json) below ``results_dir``, sorted by path."""
     return sorted(p.parent for p in Path(results_dir).rglob(CONFIG_FILE))
+
+
+def done_run_problem(run_dir: str | Path) -> str | None:
+    """Why a finished run folder (one with metrics.json) cannot be used, or None when it can.
+
+    Checks that metrics.json and config.json hold JSON objects and that test_metrics.csv has the columns
+    image, dice and iou and at least one row: what ``ablation report`` needs of every done run. Reads a few
+    small files, so ``ablation status`` and the report agree on which runs are damaged.
+    """
+    run_dir = Path(run_dir)
+    for file in (METRICS_FILE, CONFIG_FILE):
+        try:
+            read_json_table(run_dir / file)
+        except AblationError as error:
+            return str(error)
+    path = run_dir / TEST_METRICS_FILE
+    try:
+        with path.open(encoding="utf-8") as handle:
+            header, first_row = handle.readline(), handle.readline()
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except (OSError, UnicodeDecodeError) as error:
+        return f"cannot read {path}: {error}"
+    if not header.strip():
+        return f"{path} is empty"
+    columns = [column.strip() for column in header.strip().split(",")]
+    absent = [column for column in ("image", "dice", "iou") if column not in columns]
+    if absent:
+        return f"{path}: missing column {absent[0]!r} (expected image, dice, iou)"
+    if not first_row.strip():
+        return f"{path} has no rows"
+    return None
+
+
+def recorded_runs(results_dir: str | Path) -> list[str]:
+    """Run names recorded in ``grid.json`` by earlier ``ablation run`` calls on this folder."""
+    path = Path(results_dir) / GRID_FILE
+    if not path.exists():
+        return []
+    try:
+        runs = read_json_table(path).get("runs", [])
+    except AblationError:
+        return []
+    return [run for run in runs if isinstance(run, str)] if isinstance(runs, list) else []
+
+
+def name_fields(name: str) -> dict[str, str] | None:
+    """The ``--only`` fields of a run folder name, read from the name alone; None for any other name.
+
+    Run folders are named ``<dataset>_<connector>_<skips>_s<seed>_<split>_<hash8>`` (:func:`run_name`), where
+    ``dataset`` is the dataset's short form (a folder's last component, lower case).
+    """
+    parts = name.split("_")
+    if len(parts) != 6 or not re.fullmatch(r"s\d+", parts[3]) or not re.fullmatch(r"[0-9a-f]{8}", parts[5]):
+        return None
+    dataset, connector, skips, seed, split, hash8 = parts
+    if split == "official":
+        repeat, fold = "0", "official"
+    elif match := re.fullmatch(r"r(\d+)f(\d+)", split):
+        repeat, fold = match.groups()
+    else:
+        return None
+    return {
+        "dataset": dataset,
+        "connector": connector,
+        "skips": skips,
+        "seed": seed[1:],
+        "fold": fold,
+        "repeat": repeat,
+        "split": split,
+        "run_id": hash8,
+    }

@@ -12,8 +12,8 @@ from test_grid_fakes import entries, fake_train
 from ablation.cli import main
 from ablation.errors import AblationError
 from ablation.grid import expand_spec, grid_status, load_spec, run_grid
-from ablation.grid.spec import check_datasets, name_fields, select_names
-from ablation.store import run_name
+from ablation.grid.spec import check_datasets, select_names
+from ablation.store import name_fields, run_name
 
 TINY_TOML = (
     'datasets = ["synthetic-nuclei"]\nsubsets = ["none", "all"]\n'

@@ -28,9 +28,11 @@ from ablation.io import atomic_write_json, read_json_table
 from ablation.packing import auto_pack_size, group_for_packing
 from ablation.store import (
     CONFIG_FILE,
+    GRID_FILE,
     METRICS_FILE,
     STATUS_FILE,
-    TEST_METRICS_FILE,
+    done_run_problem,
+    recorded_runs,
     run_name,
     write_status,
 )
@@ -40,9 +42,6 @@ from . import locks
 # train_run's signature: (config, out_dir, *, device=None, progress=True) -> metrics dict.
 RunFunction = Callable[..., Any]
 BACKENDS = ("local", "ray")
-GRID_FILE = (
-    "grid.json"  # names of the runs grids expected in this folder, so `ablation status` can list pending
-)
 
 
 @dataclass(frozen=True)
@@ -143,38 +142,6 @@ def run_state(results_dir: str | Path, name: str) -> RunState:
     )
 
 
-def done_run_problem(run_dir: str | Path) -> str | None:
-    """Why a finished run folder (one with metrics.json) cannot be used, or None when it can.
-
-    Checks that metrics.json and config.json hold JSON objects and that test_metrics.csv has the columns
-    image, dice and iou and at least one row: what ``ablation report`` needs of every done run. Reads a few
-    small files, so ``ablation status`` and the report agree on which runs are damaged.
-    """
-    run_dir = Path(run_dir)
-    for file in (METRICS_FILE, CONFIG_FILE):
-        try:
-            read_json_table(run_dir / file)
-        except AblationError as error:
-            return str(error)
-    path = run_dir / TEST_METRICS_FILE
-    try:
-        with path.open(encoding="utf-8") as handle:
-            header, first_row = handle.readline(), handle.readline()
-    except FileNotFoundError:
-        return f"{path} is missing"
-    except (OSError, UnicodeDecodeError) as error:
-        return f"cannot read {path}: {error}"
-    if not header.strip():
-        return f"{path} is empty"
-    columns = [column.strip() for column in header.strip().split(",")]
-    absent = [column for column in ("image", "dice", "iou") if column not in columns]
-    if absent:
-        return f"{path}: missing column {absent[0]!r} (expected image, dice, iou)"
-    if not first_row.strip():
-        return f"{path} has no rows"
-    return None
-
-
 def grid_status(results_dir: str | Path, configs: Sequence[RunConfig] | None = None) -> list[RunState]:
     """States of the runs of ``configs`` in ``results_dir``; without configs, of every run the folder knows.
 
@@ -185,18 +152,6 @@ def grid_status(results_dir: str | Path, configs: Sequence[RunConfig] | None = N
     else:
         names = list(dict.fromkeys([*recorded_runs(results_dir), *_run_folders(results_dir)]))
     return [run_state(results_dir, name) for name in names]
-
-
-def recorded_runs(results_dir: str | Path) -> list[str]:
-    """Run names recorded in ``grid.json`` by earlier ``ablation run`` calls on this folder."""
-    path = Path(results_dir) / GRID_FILE
-    if not path.exists():
-        return []
-    try:
-        runs = read_json_table(path).get("runs", [])
-    except AblationError:
-        return []
-    return [run for run in runs if isinstance(run, str)] if isinstance(runs, list) else []
 
 
 def _record_grid(results_dir: Path, names: Iterable[str], spec_name: str | None) -> None:

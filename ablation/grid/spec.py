@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from ablation.errors import AblationError
 from ablation.skips import expand_subsets, parse_skips
 from ablation.store import (
     dataset_slug,  # the dataset part of run folder names
+    name_fields,
     run_id,
     run_name,
     split_name,
@@ -291,34 +291,6 @@ def run_fields(config: RunConfig) -> dict[str, str]:
         "repeat": str(config.repeat),
         "split": split_name(config),
         "run_id": run_id(config),
-    }
-
-
-def name_fields(name: str) -> dict[str, str] | None:
-    """The ``--only`` fields of a run folder name, read from the name alone; None for any other name.
-
-    Run folders are named ``<dataset>_<connector>_<skips>_s<seed>_<split>_<hash8>`` (:func:`run_name`), where
-    ``dataset`` is the dataset's short form (a folder's last component, lower case).
-    """
-    parts = name.split("_")
-    if len(parts) != 6 or not re.fullmatch(r"s\d+", parts[3]) or not re.fullmatch(r"[0-9a-f]{8}", parts[5]):
-        return None
-    dataset, connector, skips, seed, split, hash8 = parts
-    if split == "official":
-        repeat, fold = "0", "official"
-    elif match := re.fullmatch(r"r(\d+)f(\d+)", split):
-        repeat, fold = match.groups()
-    else:
-        return None
-    return {
-        "dataset": dataset,
-        "connector": connector,
-        "skips": skips,
-        "seed": seed[1:],
-        "fold": fold,
-        "repeat": repeat,
-        "split": split,
-        "run_id": hash8,
     }
 
 

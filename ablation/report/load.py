@@ -21,8 +21,6 @@ import pandas as pd
 
 from ablation.config import CONNECTORS
 from ablation.errors import AblationError
-from ablation.grid.runner import done_run_problem, recorded_runs
-from ablation.grid.spec import dataset_slug, name_fields
 from ablation.io import read_json_table
 from ablation.skips import ALL_SUBSETS, PAIR_SUBSETS, PAPER_SUBSETS, parse_skips, skip_label
 from ablation.store import (
@@ -33,7 +31,11 @@ from ablation.store import (
     PREDICTIONS_FILE,
     STATUS_FILE,
     TEST_METRICS_FILE,
+    dataset_slug,
+    done_run_problem,
     find_runs,
+    name_fields,
+    recorded_runs,
 )
 
 RETRAINED = "retrained"
@@ -290,7 +292,7 @@ def _recorded_grid(root: Path, attempted: pd.DataFrame, rows: list[dict[str, Any
     """The grid ``ablation run`` recorded in ``grid.json`` (plus any run folder it lacks); None without one.
 
     A recorded run without a folder has its fields read from its name
-    (:func:`ablation.grid.spec.name_fields`).
+    (:func:`ablation.store.name_fields`).
     """
     names = recorded_runs(root)
     if not names:  # no grid.json, an unreadable one, or one without run names: infer the grid instead
