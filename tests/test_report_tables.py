@@ -62,6 +62,8 @@ def test_skip_study_table_follows_the_paper_then_the_left_out_pairs(results):
     reported = table.data.set_index("skips")["dice_reported"]
     assert reported["1111"] == pytest.approx(85.45)
     assert reported.drop("1111").isna().all()
+    assert table.data.set_index("skips").loc["1111", "dice_reported_std"] == pytest.approx(1.3)
+    assert "| 85.45 ± 1.3 | 74.78 ± 1.7 |" in table.markdown()  # the reported std, at its own precision
 
 
 def test_module_table_labels_and_reported_numbers(results):

@@ -68,6 +68,12 @@ def test_readme_lists_everything_and_the_gaps(report):
     assert "Finding 1, GlaS: U-Net-none vs U-Net-all, Dice difference" in readme
     findings = (out / "findings.md").read_text()
     assert "Finding 3, synthetic-nuclei" in findings
+    for text in (readme, findings):  # each finding's decision rule and alpha, one line each
+        assert "Decision rules (alpha = 0.05)" in text
+        assert "- Finding 1, GlaS (U-Net-none is competitive with U-Net-all): reproduced if" in text
+    shapley_md = (out / "shapley" / "shapley.md").read_text()
+    assert "**Main effect**: mean Dice of the 8 subsets with the skip minus" in shapley_md
+    assert "Banzhaf value" in shapley_md
 
 
 def test_cli_writes_report_to_chosen_folder(tmp_path, capsys):

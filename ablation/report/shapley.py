@@ -1,11 +1,13 @@
 """Each skip's contribution to Dice: exact Shapley values of L1..L4 from the 16-subset grid.
 
 The four skips are the players and v(S) is the mean Dice of the U-Net built with subset S, so the values split
-Dice(all) - Dice(none) fairly between L1..L4 (efficiency). The Shapley interaction index of a pair (Grabisch 1997)
-is positive when two skips help more together than apart; the main effect is the 2^4 factorial main effect (the
-unweighted mean marginal contribution, i.e. the Banzhaf value). Computed per seed x fold replicate, then averaged
-with a t-interval. This answers the question the UCTransNet paper (Wang et al., AAAI 2022, Fig. 3) asks with
-single skips and leave-one-out only.
+Dice(all) - Dice(none) fairly between L1..L4 (efficiency). The Shapley interaction index of a pair (Grabisch
+1997) is positive when two skips help more together than apart; the main effect of a skip is the mean Dice of
+the 8 subsets with it minus the mean Dice of the 8 without it (the 2^4 factorial main effect: the unweighted
+mean marginal contribution, i.e. the Banzhaf value). Computed per seed x fold replicate, then averaged with a
+t-interval; the replicates share one test set, so the intervals cover training variation, not test-image
+sampling. This answers the question the UCTransNet paper (Wang et al., AAAI 2022, Fig. 3) asks with single
+skips and leave-one-out only.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def interaction_indices(values: Mapping[str, float]) -> dict[str, float]:
 
 
 def main_effects(values: Mapping[str, float]) -> dict[str, float]:
-    """Factorial main effect of each skip: mean over subsets with it minus mean over subsets without it."""
+    """Main effect of each skip: mean v(S) over the 8 subsets with it minus over the 8 without (Banzhaf)."""
     _check_game(values)
     out = {}
     for i, level in enumerate(LEVELS):
@@ -98,7 +100,8 @@ class ShapleyResult:
         skips: one row per level: shapley, shapley_ci_low/high, main_effect, main_ci_low/high, alone_gain
             (Dice(Li alone) - Dice(none)), drop_loss (Dice(all) - Dice(without Li)).
         interactions: one row per pair: interaction, ci_low, ci_high.
-        n_replicates: seed x fold replicates with all 16 subsets (the CIs are t-intervals over them).
+        n_replicates: seed x fold replicates with all 16 subsets (the CIs are t-intervals over them; they
+            share the test set, so the CIs cover training variation, not test-image sampling).
         total: mean Dice(all) - Dice(none), which the Shapley values sum to.
     """
 

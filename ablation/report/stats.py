@@ -35,14 +35,22 @@ def holm(p_values: np.ndarray | list[float]) -> np.ndarray:
     return adjusted
 
 
-def wilcoxon_pair(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Two-sided Wilcoxon signed-rank test of paired ``x`` vs ``y`` (scipy defaults); identical -> (nan, 1.0)."""
+def wilcoxon_pair(x: np.ndarray, y: np.ndarray, alternative: str = "two-sided") -> tuple[float, float]:
+    """Wilcoxon signed-rank test of paired ``x`` vs ``y`` (shape (N,) each; scipy defaults otherwise).
+
+    Args:
+        alternative: ``"two-sided"``, ``"less"`` (x tends to be below y) or ``"greater"``; a directional claim
+            needs the one-sided test in its own direction, since a two-sided p says nothing about which way.
+
+    Returns:
+        (statistic, p-value); identical inputs give (nan, 1.0), empty ones (nan, nan).
+    """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.size == 0:
         return float("nan"), float("nan")
     if np.allclose(x, y, rtol=0.0, atol=1e-12):
         return float("nan"), 1.0
-    result = stats.wilcoxon(x, y)
+    result = stats.wilcoxon(x, y, alternative=alternative)
     return float(result.statistic), float(result.pvalue)
 
 

@@ -36,6 +36,7 @@ class Column:
     key: str
     std_key: str | None = None
     digits: int | None = 2  # None: shown as text
+    std_digits: int | None = None  # digits of the std when they differ (reported stds have one decimal)
     best: str | None = None  # "max" or "min": bold the best value
 
 
@@ -68,7 +69,7 @@ class Table:
                     text = f"{float(value):.{column.digits}f}"
                     std = record[column.std_key] if column.std_key else None
                     if std is not None and not _blank(std):
-                        text += f"{pm}{float(std):.{column.digits}f}"
+                        text += f"{pm}{float(std):.{column.std_digits or column.digits}f}"
                     if column.key in best and np.isclose(float(value), best[column.key]):
                         text = f"{bold[0]}{text}{bold[1]}"
                 row.append(text)
@@ -216,6 +217,11 @@ _RESULT_COLUMNS = [
     Column("Dice (%)", "dice_mean", "dice_std", best="max"),
     Column("IoU (%)", "iou_mean", "iou_std", best="max"),
 ]
+# The paper's mean ± std where the source gives the std (over its 3 x 5-fold runs), else the mean alone.
+_REPORTED_COLUMNS = [
+    Column("Dice (reported)", "dice_reported", "dice_reported_std", std_digits=1),
+    Column("IoU (reported)", "iou_reported", "iou_reported_std", std_digits=1),
+]
 _SIZE_COLUMNS = [Column("Params (M)", "params_m", digits=2), Column("GFLOPs", "gflops", digits=2)]
 
 
@@ -261,15 +267,15 @@ def skip_study_table(results: Results, dataset: str) -> Table:
     data["runs"] = data["runs"].fillna(0).astype(int)
     reported = reported_results()
     rows = [_reported_row(reported, dataset, REPORTED_METHODS["unet"], s) for s in order]
-    data["dice_reported"] = [np.nan if r is None else r["dice"] for r in rows]
-    data["iou_reported"] = [np.nan if r is None else r["iou"] for r in rows]
+    for key in ("dice", "iou"):
+        data[f"{key}_reported"] = [np.nan if r is None else r[key] for r in rows]
+        data[f"{key}_reported_std"] = [np.nan if r is None else r[f"{key}_std"] for r in rows]
     columns = [
         Column("Setting", "setting", digits=None),
         Column("Skips", "skips", digits=None),
         Column("In paper", "in_paper", digits=None),
         *_RESULT_COLUMNS,
-        Column("Dice (reported)", "dice_reported"),
-        Column("IoU (reported)", "iou_reported"),
+        *_REPORTED_COLUMNS,
     ]
     masked = variant_summary(results, dataset, TEST_TIME)
     masked = masked[masked["connector"] == "unet"]
@@ -301,13 +307,14 @@ def module_table(results: Results, dataset: str) -> Table:
     rows = [_reported_row(reported, dataset, REPORTED_METHODS[c], "1111") for c in data["connector"]]
     for key in ("dice", "iou", "params_m", "gflops"):
         data[f"{key}_reported"] = [np.nan if r is None else r[key] for r in rows]
+    for key in ("dice", "iou"):
+        data[f"{key}_reported_std"] = [np.nan if r is None else r[f"{key}_std"] for r in rows]
     columns = [
         Column("Model", "model", digits=None),
         Column("Connector", "connector", digits=None),
         *_RESULT_COLUMNS,
         *_SIZE_COLUMNS,
-        Column("Dice (reported)", "dice_reported"),
-        Column("IoU (reported)", "iou_reported"),
+        *_REPORTED_COLUMNS,
         Column("Params (M, reported)", "params_m_reported", digits=1),
         Column("GFLOPs (reported)", "gflops_reported", digits=1),
     ]

@@ -29,6 +29,21 @@ from ablation.report import figures, findings, shapley, stats, tables
 from ablation.report.load import RETRAINED, Results, image_means, load_results, replicate_means
 from ablation.skips import skip_label
 
+SHAPLEY_PREAMBLE = [
+    "# Shapley values of the skips L1..L4",
+    "",
+    "v(S) = mean Dice (points) of the U-Net retrained with skip subset S. **Shapley value**: each skip's "
+    "average marginal contribution over all orders of switching the skips on; the four sum to Dice(all) - "
+    "Dice(none). **Main effect**: mean Dice of the 8 subsets with the skip minus mean Dice of the 8 without "
+    "it (the 2^4 factorial main effect, i.e. the Banzhaf value). **Alone - none**: Dice(Li alone) - "
+    "Dice(none); **all - without**: Dice(all) - Dice(w/o Li). **Interaction** of a pair: positive when the "
+    "two skips help more together than apart.",
+    "",
+    "95% t-intervals over seed x split replicates that have all 16 subsets. The replicates share the test "
+    "set, so the intervals cover training variation (seed, training split), not the sampling of test images.",
+    "",
+]
+
 
 @dataclasses.dataclass
 class _Index:
@@ -123,13 +138,27 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, *, 
             "Statistics", "stats/summary.md", "\n".join(stats_summary), "summary of the statistical tests"
         )
     if shapley_summary:
-        index.text("Shapley values", "shapley/shapley.md", "\n".join(shapley_summary), "Shapley tables")
-    checked = findings.check_findings(results, n_boot=min(n_boot, 1000))
-    index.text(
-        "Findings", "findings.md", findings.findings_markdown(checked), "the paper's findings, checked"
-    )
-    atomic_write_text(out / "README.md", _readme(results, index, checked))
+        content = "\n".join([*SHAPLEY_PREAMBLE, *shapley_summary])
+        index.text("Shapley values", "shapley/shapley.md", content, "Shapley tables")
+    summary = _findings_summary(results, index, n_boot)
+    atomic_write_text(out / "README.md", _readme(results, index, summary))
     return out
+
+
+def _findings_summary(results: Results, index: _Index, n_boot: int) -> list[str]:
+    """Write findings.md; return the README's Findings section: the decision rules, then the findings."""
+    try:
+        checked = findings.check_findings(results, n_boot=min(n_boot, 1000))
+        content = findings.findings_markdown(checked)
+    except Exception as error:  # any failure: one section must not cost the tables, figures and statistics
+        reason = f"findings could not be computed: {type(error).__name__}: {error}"
+        index.skipped.append(f"findings: {type(error).__name__}: {error}")
+        index.text("Findings", "findings.md", f"# Findings\n\n{reason}\n", "the paper's findings (failed)")
+        return [reason]
+    index.text("Findings", "findings.md", content, "the paper's findings, checked")
+    rules = [f"- {rule}" for rule in findings.decision_rules(findings.ALPHA)]
+    verdicts = [f"- {f.text}" for f in checked]
+    return [f"Decision rules (alpha = {findings.ALPHA}):", "", *rules, "", "Findings:", "", *verdicts]
 
 
 def _groups(results: Results) -> list[tuple[str, str, str]]:
@@ -174,8 +203,8 @@ def _write_stats(subset: pd.DataFrame, stem: str, index: _Index, n_boot: int) ->
         )
         significant = table[table["significant"]]
         lines.append(
-            f"- Against {skip_label(reference)}: {len(significant)} of {len(table)} subsets differ after Holm "
-            f"correction ({', '.join(skip_label(s) for s in significant['skips']) or 'none'})."
+            f"- Against {skip_label(reference)}: {len(significant)} of {len(table)} subsets differ after "
+            f"Holm correction ({', '.join(skip_label(s) for s in significant['skips']) or 'none'})."
         )
     boot = stats.bootstrap_table(scores, n_boot=n_boot)
     index.text(
@@ -206,9 +235,9 @@ def _write_stats(subset: pd.DataFrame, stem: str, index: _Index, n_boot: int) ->
         cliques = "; ".join("{" + ", ".join(skip_label(s) for s in c) + "}" for c in result.cliques) or "none"
         lines.append(
             f"- Friedman over {result.n_subsets} subsets and {result.n_images} images: chi2 = "
-            f"{result.statistic:.2f}, p = {result.p_value:.2g}; Nemenyi CD = {result.critical_difference:.2f}; "
-            f"best average rank {skip_label(result.ranks.index[0])} ({result.ranks.iloc[0]:.2f}); groups not "
-            f"distinguishable: {cliques}."
+            f"{result.statistic:.2f}, p = {result.p_value:.2g}; Nemenyi CD = "
+            f"{result.critical_difference:.2f}; best average rank {skip_label(result.ranks.index[0])} "
+            f"({result.ranks.iloc[0]:.2f}); groups not distinguishable: {cliques}."
         )
     stability = stats.best_subset_stability(scores, n_boot=n_boot)
     frame = pd.DataFrame({"skips": stability.index, "fraction_best": stability.to_numpy()})
@@ -266,9 +295,9 @@ def _write_shapley(subset: pd.DataFrame, stem: str, index: _Index) -> list[str]:
     ]
     for _, row in result.skips.iterrows():
         lines.append(
-            f"| {row['skip']} | {row['shapley']:.2f} [{row['shapley_ci_low']:.2f}, {row['shapley_ci_high']:.2f}] | "
-            f"{row['main_effect']:.2f} [{row['main_ci_low']:.2f}, {row['main_ci_high']:.2f}] | "
-            f"{row['alone_gain']:.2f} | {row['drop_loss']:.2f} |"
+            f"| {row['skip']} | {row['shapley']:.2f} [{row['shapley_ci_low']:.2f}, "
+            f"{row['shapley_ci_high']:.2f}] | {row['main_effect']:.2f} [{row['main_ci_low']:.2f}, "
+            f"{row['main_ci_high']:.2f}] | {row['alone_gain']:.2f} | {row['drop_loss']:.2f} |"
         )
     lines += ["", "| Pair | Interaction (95% CI) |", "|---|---|"]
     for _, row in result.interactions.iterrows():
@@ -278,7 +307,7 @@ def _write_shapley(subset: pd.DataFrame, stem: str, index: _Index) -> list[str]:
     return lines + [""]
 
 
-def _readme(results: Results, index: _Index, checked: list[findings.Finding]) -> str:
+def _readme(results: Results, index: _Index, findings_lines: list[str]) -> str:
     done = len(results.runs)
     lines = [
         "# Skip-connection ablation report",
@@ -292,7 +321,7 @@ def _readme(results: Results, index: _Index, checked: list[findings.Finding]) ->
         "",
         "## Findings",
         "",
-        *[f"- {f.text}" for f in checked],
+        *findings_lines,
         "",
     ]
     for section, entries in index.sections.items():
