@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ablation.cli import main
@@ -88,3 +90,16 @@ def test_cli_bad_folder_is_one_error_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: results folder") and err.count("\n") == 1
+
+
+def test_subset_bars_fall_back_to_image_intervals_with_one_replicate(tmp_path: Path) -> None:
+    from ablation.report import load_results
+    from ablation.report.figures import subset_bars
+    from ablation.report.fixtures import make_fake_results
+
+    make_fake_results(tmp_path / "one", subsets=["0000", "1111"], seeds=(0,), folds=None, n_images=6)
+    title = subset_bars(load_results(tmp_path / "one"), "synthetic-nuclei").axes[0].get_title()
+    assert "95% CI over 6 test images" in title
+    make_fake_results(tmp_path / "two", subsets=["0000", "1111"], seeds=(0, 1), folds=None, n_images=6)
+    title = subset_bars(load_results(tmp_path / "two"), "synthetic-nuclei").axes[0].get_title()
+    assert "95% CI over 2 replicates" in title

@@ -67,22 +67,37 @@ def _subset_order(frame: pd.DataFrame) -> list[str]:
 def subset_bars(
     results: Results, dataset: str, *, connector: str = "unet", masking: str = RETRAINED
 ) -> Figure:
-    """Mean Dice per skip subset with 95% bootstrap CIs over seed x fold replicates (per-run means)."""
-    means = replicate_means(_select(results, dataset, connector, masking))
-    means = means.assign(dice=means["dice"] * 100.0, subset=[skip_label(s) for s in means["skips"]])
+    """Mean Dice per skip subset with 95% bootstrap CIs.
+
+    The CI is over seed x fold replicates (per-run means) when there are at least two; with a single replicate
+    it is over test images (per-image Dice), and the title says which.
+    """
+    selected = _select(results, dataset, connector, masking)
+    means = replicate_means(selected)
+    replicates = means.groupby(["seed", "split"]).ngroups
+    if replicates >= 2:
+        data, over = means, f"{replicates} replicates"
+    else:  # one run per subset: the spread that remains is over test images
+        data = selected.groupby(["skips", "image"], as_index=False)["dice"].mean()
+        over = f"{data['image'].nunique()} test images"
+    data = data.assign(dice=data["dice"] * 100.0, subset=[skip_label(s) for s in data["skips"]])
     figure = Figure(figsize=(9, 3.6), layout="constrained")
     ax = figure.subplots()
-    order = _subset_order(means)
     sns.barplot(
-        data=means, x="subset", y="dice", order=order, errorbar=("ci", 95), seed=0, color="#4c72b0", ax=ax
+        data=data,
+        x="subset",
+        y="dice",
+        order=_subset_order(data),
+        errorbar=("ci", 95),
+        seed=0,
+        color="#4c72b0",
+        ax=ax,
     )
-    low = means["dice"].min()
-    ax.set_ylim(max(0.0, low - 5.0), min(100.0, means["dice"].max() + 3.0))
+    subset_means = data.groupby("subset")["dice"].mean()
+    ax.set_ylim(max(0.0, subset_means.min() - 10.0), min(100.0, subset_means.max() + 5.0))
     ax.set_xlabel("skip subset")
     ax.set_ylabel("Dice (%)")
-    ax.set_title(
-        f"{dataset}: {connector}, {masking} (mean, 95% CI over {means.groupby(['seed', 'split']).ngroups} replicates)"
-    )
+    ax.set_title(f"{dataset}: {connector}, {masking} (mean, 95% CI over {over})")
     ax.tick_params(axis="x", rotation=60)
     return figure
 
