@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,28 @@ def test_grid_trains_a_packed_unit_and_writes_every_run(tmp_path: Path, monkeypa
     # A rerun finds everything done and trains nothing.
     again = run_grid(configs, tmp_path, workers=1, pack_size=3, progress=False)
     assert calls == [3] and len(again.names("skipped")) == 3
+
+
+def test_gpus_and_memory_are_read_from_nvidia_smi(tmp_path: Path, monkeypatch) -> None:
+    from ablation.grid.local import detect_gpus, gpu_memory_bytes
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        '  --query-gpu=index) printf "0\\n1\\n" ;;\n'
+        '  *) printf "0, GPU-aaa, 143771\\n1, GPU-bbb, 81559\\n" ;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert detect_gpus() == ["0", "1"]
+    assert gpu_memory_bytes(["0"]) == 143771 * 1024**2
+    assert gpu_memory_bytes(["0", "GPU-bbb"]) == 81559 * 1024**2  # the smallest card decides
+    big = dataclasses.replace(_config(), model=ModelConfig(connector="unet", base_channels=64, img_size=224))
+    # 0.7 * 81559 MiB / 1.7 GiB per U-Net variant -> 32, capped at 16; UCTransNet (4.3 GiB) -> 12.
+    assert resolve_pack_size(None, [big], "local", gpus=["1"]) == MAX_AUTO_PACK
+    ctrans = dataclasses.replace(big, model=dataclasses.replace(big.model, connector="uctransnet"))
+    assert resolve_pack_size(None, [ctrans], "local", gpus=["1"]) == 12
+    assert resolve_pack_size(None, [ctrans], "ray", gpus=["1"]) == 1

@@ -36,19 +36,9 @@ def detect_gpus() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:  # the user already restricted the GPUs; ids may be indices or UUIDs
         return [gpu.strip() for gpu in visible.split(",") if gpu.strip() and not gpu.strip().startswith("-")]
-    smi = shutil.which("nvidia-smi")
-    if smi is not None:
-        try:
-            listing = subprocess.run(
-                [smi, "--query-gpu=index", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            return []
-        return [line.strip() for line in listing.splitlines() if line.strip().isdigit()]
+    rows = _query_gpus(("index",))
+    if rows is not None:
+        return [row[0] for row in rows if row[0].isdigit()]
     try:
         import torch
     except ImportError:
@@ -58,25 +48,31 @@ def detect_gpus() -> list[str]:
 
 def gpu_memory_bytes(gpus: Sequence[str]) -> float:
     """Total memory of the smallest of these GPUs in bytes (via nvidia-smi), or 0 when it cannot be read."""
+    rows = _query_gpus(("index", "uuid", "memory.total")) if gpus else None
+    sizes = [
+        float(memory) * 1024**2  # MiB
+        for index, uuid, memory in (row for row in rows or [] if len(row) == 3)
+        if (index in gpus or uuid in gpus) and memory.isdigit()
+    ]
+    return min(sizes) if sizes else 0.0
+
+
+def _query_gpus(fields: Sequence[str]) -> list[list[str]] | None:
+    """Rows of ``nvidia-smi --query-gpu`` (one list of field values per GPU); None without a working nvidia-smi."""
     smi = shutil.which("nvidia-smi")
-    if not gpus or smi is None:
-        return 0.0
+    if smi is None:
+        return None
     try:
         listing = subprocess.run(
-            [smi, "--query-gpu=index,uuid,memory.total", "--format=csv,noheader,nounits"],
+            [smi, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=30,
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return 0.0
-    sizes = []
-    for line in listing.splitlines():
-        parts = [part.strip() for part in line.split(",")]
-        if len(parts) == 3 and (parts[0] in gpus or parts[1] in gpus) and parts[2].isdigit():
-            sizes.append(float(parts[2]) * 1024**2)  # MiB
-    return min(sizes) if sizes else 0.0
+        return None
+    return [[part.strip() for part in line.split(",")] for line in listing.splitlines() if line.strip()]
 
 
 def parse_gpus(text: str | None) -> list[str] | None:
