@@ -46,7 +46,6 @@ GRID_FILE = (
     "grid.json"  # names of the runs grids expected in this folder, so `ablation status` can list pending
 )
 
-STATUSES = ("done", "failed", "running", "pending")
 
 # Settings that do not change what is computed (where and how fast), left out of a run's identity.
 _NOT_IDENTITY = {"train": ("eval_batch_size", "compile", "checkpoint_every"), "": ("data_root",)}
@@ -80,30 +79,42 @@ def run_name(config: RunConfig) -> str:
     )
 
 
-def run_status(run_dir: str | Path) -> str:
-    """``done`` (metrics.json exists), ``failed``, ``running`` (started, not finished) or ``pending``."""
+def read_run_state(run_dir: str | Path) -> tuple[str, str, dict[str, Any]]:
+    """Where a run folder stands, from its files alone: ``(status, detail, status record)``.
+
+    status is ``done`` (metrics.json exists and the files a report needs are sound), ``damaged`` (a finished run
+    whose files cannot be used, or an unreadable status.json; detail says why), ``failed`` (status.json says so;
+    detail is the reason), ``started`` (status.json exists: running now or interrupted) or ``pending``. The grid
+    runner, ``ablation status`` and the report all classify runs with this one function.
+    """
     run_dir = Path(run_dir)
     if (run_dir / METRICS_FILE).exists():
-        return "done"
-    status_path = run_dir / STATUS_FILE
-    if status_path.exists():
-        try:
-            status = str(read_json_table(status_path).get("status", ""))
-        except AblationError:
-            return "running"  # a status being replaced or damaged: the run started and did not finish
-        return "failed" if status.startswith("failed") else "running"
-    return "pending"
+        problem = done_run_problem(run_dir)
+        return ("damaged", problem, {}) if problem else ("done", "", {})
+    if not (run_dir / STATUS_FILE).exists():
+        return "pending", "", {}
+    try:
+        record = read_json_table(run_dir / STATUS_FILE)
+    except AblationError as error:
+        return "damaged", str(error), {}
+    text = str(record.get("status", ""))
+    if text.startswith("failed"):
+        return "failed", text.removeprefix("failed").lstrip(": ") or str(record.get("error", "")), record
+    return "started", "", record
+
+
+def run_status(run_dir: str | Path) -> str:
+    """``done``, ``damaged``, ``failed``, ``running`` (started, not finished) or ``pending``."""
+    status = read_run_state(run_dir)[0]
+    return "running" if status == "started" else status
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
     """The run's status.json as a dict (a damaged file reads as ``failed: <reason>``)."""
-    path = Path(run_dir) / STATUS_FILE
-    if not path.exists():
-        return {"status": run_status(run_dir)}
-    try:
-        return read_json_table(path)
-    except AblationError as error:
-        return {"status": f"failed: {error}", "error": str(error)}
+    status, detail, record = read_run_state(run_dir)
+    if status == "damaged":
+        return {"status": f"failed: {detail}", "error": detail}
+    return record or {"status": run_status(run_dir)}
 
 
 def write_status(run_dir: str | Path, status: str, **extra: Any) -> None:

@@ -20,7 +20,7 @@ from ablation.skips import (
     skip_flags,
     skip_label,
 )
-from ablation.store import STATUS_FILE, run_id, run_name, run_status, split_name
+from ablation.store import STATUS_FILE, read_run_state, run_id, run_name, run_status, split_name
 
 
 @pytest.mark.parametrize(
@@ -134,10 +134,16 @@ def test_atomic_writes_and_json_errors(tmp_path: Path) -> None:
 def test_run_status_reads_damaged_files(tmp_path: Path) -> None:
     assert run_status(tmp_path) == "pending"
     (tmp_path / STATUS_FILE).write_text("[1]")
-    assert run_status(tmp_path) == "running"
+    assert read_run_state(tmp_path)[:2] == ("damaged", f"cannot read {tmp_path / STATUS_FILE}: expected a JSON "
+                                            "object, found list")  # fmt: skip
+    atomic_write_json(tmp_path / STATUS_FILE, {"status": "running", "epoch": 3})
+    assert run_status(tmp_path) == "running" and read_run_state(tmp_path)[2]["epoch"] == 3
     atomic_write_json(tmp_path / STATUS_FILE, {"status": "failed: non-finite loss at epoch 3"})
-    assert run_status(tmp_path) == "failed"
-    (tmp_path / "metrics.json").write_text("{}")
+    assert read_run_state(tmp_path)[:2] == ("failed", "non-finite loss at epoch 3")
+    (tmp_path / "metrics.json").write_text("{}")  # finished, but config.json and test_metrics.csv are missing
+    assert run_status(tmp_path) == "damaged"
+    atomic_write_json(tmp_path / "config.json", {"run_id": "x"})
+    (tmp_path / "test_metrics.csv").write_text("image,dice,iou\na,0.5,0.4\n")
     assert run_status(tmp_path) == "done"
 
 

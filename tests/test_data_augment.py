@@ -102,3 +102,21 @@ def test_cuda_matches_cpu() -> None:
     generator = torch.Generator(device="cuda").manual_seed(7)
     out_images, out_masks = augment_batch(images.cuda(), masks.cuda(), generator)
     assert out_images.is_cuda and torch.equal(out_images[:, 0], out_masks[:, 0])
+
+
+@pytest.mark.gpu
+def test_augmentation_never_waits_for_the_gpu() -> None:
+    """No host-device synchronisation in the hot path: any sync raises under the debug mode."""
+    import torch
+
+    from ablation.data.augment import augment_batch
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, device="cuda")
+    masks = torch.randint(0, 2, (8, 1, 64, 64), dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        augment_batch(images, masks, generator)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

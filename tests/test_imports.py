@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ablation"
-SHARED = ["ablation.store", "ablation.config", "ablation.skips", "ablation.io", "ablation.errors"]
+SHARED = [
+    "ablation.store",
+    "ablation.config",
+    "ablation.skips",
+    "ablation.io",
+    "ablation.errors",
+    "ablation.packing",
+]
 
 
 def _module_file(name: str) -> Path | None:

@@ -20,10 +20,11 @@ from ablation.config import ModelConfig, RunConfig, TrainConfig
 from ablation.errors import AblationError
 from ablation.io import read_json
 from ablation.models import build_model
+from ablation.packing import can_pack, group_for_packing
 from ablation.train.device import setup_device
 from ablation.train.loop import train_run
 from ablation.train.losses import segmentation_loss
-from ablation.train.packed import ModelPack, can_pack, group_for_packing, train_packed
+from ablation.train.packed import ModelPack, train_packed
 
 CASES = {
     "unet": ["1111", "1010", "0000"],  # different skip subsets in one pack: masked = removed

@@ -69,7 +69,7 @@ def test_test_time_rows_come_from_masked_metrics(partial):
 def test_partial_grid_reports_failed_running_and_missing(partial):
     results = load_results(partial)
     assert list(results.failed["skips"]) == ["0101"]
-    assert results.failed["error"].iloc[0] == "non-finite loss"
+    assert results.failed["error"].iloc[0] == "non-finite loss at epoch 2"  # the status line, with its epoch
     assert list(results.incomplete["status"]) == ["running"]
     missing = results.missing.set_index(["skips", "seed", "split"])["status"].to_dict()
     assert missing == {

@@ -39,10 +39,12 @@ def random_affine(batch_size: int, generator: torch.Generator) -> torch.Tensor:
     rot_flip = draws[:, 0] < ROT_FLIP_PROBABILITY
     rotate = ~rot_flip & (draws[:, 1] < ROTATE_PROBABILITY)
 
-    # rot90 by k quarter turns, exact: cos/sin of multiples of 90 degrees from a lookup, not from float trig.
-    cos_table = torch.tensor([1.0, 0.0, -1.0, 0.0], device=device)
-    sin_table = torch.tensor([0.0, 1.0, 0.0, -1.0], device=device)
-    quarter = _rotation(cos_table[k], sin_table[k])
+    # rot90 by k quarter turns, exact: cos/sin of multiples of 90 degrees chosen, not computed with float trig.
+    # Built with torch.where rather than a torch.tensor lookup table: copying a host list to the GPU would make
+    # every training step wait for the device.
+    cos = torch.where(k == 0, 1.0, torch.where(k == 2, -1.0, 0.0))
+    sin = torch.where(k == 1, 1.0, torch.where(k == 3, -1.0, 0.0))
+    quarter = _rotation(cos, sin)
     # A flip along rows (axis 0, y) or columns (axis 1, x), applied after the rotation like np.flip(np.rot90(.)).
     flip = torch.diag_embed(
         torch.stack([torch.where(flip_rows, 1.0, -1.0), torch.where(flip_rows, -1.0, 1.0)], 1)

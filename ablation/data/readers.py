@@ -152,15 +152,6 @@ def open_image(path: Path) -> Image.Image:
         raise AblationError(f"cannot read image file {path}: {error}") from None
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, SyntaxError, ValueError) as error:
-        raise AblationError(f"cannot read image file {path}: {error}") from None
-
-
 def read_image(path: Path) -> np.ndarray:
     """An RGB image as ``uint8 (H, W, 3)`` (alpha dropped, grey and palette images expanded)."""
     image = open_image(path)

@@ -31,7 +31,7 @@ from ablation.store import (
     GRID_FILE,
     METRICS_FILE,
     STATUS_FILE,
-    done_run_problem,
+    read_run_state,
     recorded_runs,
     run_name,
     write_status,
@@ -117,26 +117,22 @@ class GridSummary:
 
 
 def run_state(results_dir: str | Path, name: str) -> RunState:
-    """The state of the run folder ``results_dir/name`` (which need not exist)."""
+    """The state of the run folder ``results_dir/name`` (which need not exist), with its lock owner if running."""
     run_dir = Path(results_dir) / name
-    if (run_dir / METRICS_FILE).exists():
-        problem = done_run_problem(run_dir)
-        return RunState(name, "damaged", problem) if problem else RunState(name, "done")
+    status, detail, record = read_run_state(run_dir)
+    finished = (run_dir / METRICS_FILE).exists()
+    if finished:
+        return RunState(name, status, detail or None)  # done, or damaged
     if locks.lock_path(run_dir).exists() and locks.is_locked(run_dir):
         owner = locks.read_owner(run_dir)
         return RunState(name, "running", owner.describe() if owner else "lock being written")
-    if not (run_dir / STATUS_FILE).exists():
+    if status == "damaged":  # nothing finished is lost: the next run rewrites the status and resumes
+        return RunState(name, "damaged", f"{detail}; `ablation run` trains it again")
+    if status == "failed":
+        return RunState(name, "failed", detail)
+    if status == "pending":
         return RunState(name, "pending")
-    try:
-        status = read_json_table(run_dir / STATUS_FILE)
-    except AblationError as error:  # nothing finished is lost: the next run rewrites it and resumes
-        return RunState(name, "damaged", f"{error}; `ablation run` trains it again")
-    text = str(status.get("status", ""))
-    if text.startswith("failed"):
-        return RunState(
-            name, "failed", text.removeprefix("failed").lstrip(": ") or str(status.get("error", ""))
-        )
-    epoch = status.get("epoch")
+    epoch = record.get("epoch")
     return RunState(
         name, "pending", "interrupted" + (f" at epoch {epoch}" if epoch is not None else "") + ", resumes"
     )

@@ -29,12 +29,12 @@ from ablation.store import (
     MASKED_METRICS_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
-    STATUS_FILE,
     TEST_METRICS_FILE,
     dataset_slug,
     done_run_problem,
     find_runs,
     name_fields,
+    read_run_state,
     recorded_runs,
 )
 
@@ -214,21 +214,11 @@ def load_results(results_dir: str | Path) -> Results:
             if history is not None:
                 history_frames.append(history)
             continue
-        record: dict[str, Any] = {}
-        if (run_dir / STATUS_FILE).exists():
-            try:
-                record = read_json_table(run_dir / STATUS_FILE)
-            except AblationError as error:
-                failed_rows.append(_run_row(run_dir, identity, "damaged", error=str(error)))
-                continue
-        text = str(record.get("status", ""))
-        if text.startswith("failed"):
-            error = record.get("error") or text.removeprefix("failed").lstrip(": ")
-            failed_rows.append(
-                _run_row(run_dir, identity, "failed", error=str(error), epoch=record.get("epoch"))
-            )
+        status, detail, record = read_run_state(run_dir)
+        if status in ("damaged", "failed"):
+            failed_rows.append(_run_row(run_dir, identity, status, error=detail, epoch=record.get("epoch")))
         else:
-            status = "running" if record else "pending"
+            status = "running" if status == "started" else status
             incomplete_rows.append(_run_row(run_dir, identity, status, epoch=record.get("epoch")))
 
     images = _concat(image_frames, IMAGE_COLUMNS)

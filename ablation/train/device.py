@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ablation.config import PRECISIONS
 from ablation.errors import AblationError
-
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from ablation.config import RunConfig, TrainConfig
 from ablation.errors import AblationError
 from ablation.io import read_json
-from ablation.packing import MASKABLE_CONNECTORS, can_pack, group_for_packing  # noqa: F401 - re-exported
+from ablation.packing import MASKABLE_CONNECTORS, can_pack
 from ablation.skips import NUM_SKIPS, skip_flags
 from ablation.store import (
     CONFIG_FILE,
