@@ -4,7 +4,7 @@ A run folder holds (written in this order; every write is atomic)::
 
     config.json         resolved RunConfig + "run_id", "run_name", "env" (packages, git commit, device,
                         dataset fingerprint, splits file), written when the run starts
-    status.json         {"status": "running" | "failed: <reason>", "error": ..., "epoch": ...}
+    status.json         {"status": "running" | "done" | "failed: <reason>", "error": ..., "epoch": ...}
     history.csv         one row per epoch: epoch, train_loss, val_loss, val_dice, lr, seconds
     checkpoint_last.pt  resumable state (model, optimiser, scheduler, RNG, early-stopping state, epoch)
     checkpoint_best.pt  best model on validation Dice (after TrainConfig.min_best_epoch)
@@ -15,8 +15,10 @@ A run folder holds (written in this order; every write is atomic)::
     metrics.json        summary, written last: a run is done exactly when it exists. Keys: status ("done"),
                         run_id, run_name, dataset, connector, skips, seed, fold, repeat, best_epoch, epochs_run,
                         stopped_early, parameters, gflops, seconds, device, dice_mean, dice_std, iou_mean,
-                        iou_std, dice_micro, iou_micro (pooled over all test pixels), hd95_mean, and where the
-                        dataset has instance ids object_f1_mean, object_dice_mean, object_hausdorff_mean
+                        iou_std, dice_micro, iou_micro (pooled over all test pixels), hd95_mean
+                        (METRICS_KEYS), and where the dataset has instance ids object_f1_mean,
+                        object_dice_mean, object_hausdorff_mean (OBJECT_METRICS_KEYS); train_run adds
+                        best_val_dice, num_test_images and the other *_std values
 
 A run is identified by a hash of its resolved config; its folder name is readable and deterministic:
 ``<dataset>_<connector>_<skips>_s<seed>_<split>_<hash8>`` where split is ``official`` or ``r<repeat>f<fold>``.
@@ -41,6 +43,13 @@ TEST_METRICS_FILE = "test_metrics.csv"
 MASKED_METRICS_FILE = "masked_metrics.csv"
 PREDICTIONS_FILE = "predictions.npz"
 METRICS_FILE = "metrics.json"
+
+# Keys every metrics.json has (writers are tested against these).
+METRICS_KEYS = tuple(
+    "status run_id run_name dataset connector skips seed fold repeat best_epoch epochs_run stopped_early "
+    "parameters gflops seconds device dice_mean dice_std iou_mean iou_std dice_micro iou_micro hd95_mean".split()
+)
+OBJECT_METRICS_KEYS = ("object_f1_mean", "object_dice_mean", "object_hausdorff_mean")
 
 GRID_FILE = (
     "grid.json"  # names of the runs grids expected in this folder, so `ablation status` can list pending

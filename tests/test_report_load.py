@@ -122,6 +122,9 @@ def test_fixture_writes_the_store_format(tmp_path):
     assert config["model"]["skips"] == "1011"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "done" and metrics["fold"] is None
+    from ablation.store import METRICS_KEYS
+
+    assert set(METRICS_KEYS) <= set(metrics)  # the same keys train_run writes
     assert run.name == config["run_name"] and run.name.endswith(config["run_id"])
     assert "_official_" in run.name
     import numpy as np

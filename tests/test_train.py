@@ -18,11 +18,7 @@ from ablation.train import loop
 from ablation.train.loop import RunFailed, train_run
 from ablation.train.metrics import dice_iou, hd95, object_metrics
 
-METRICS_KEYS = (
-    "status run_id run_name dataset connector skips seed fold repeat best_epoch epochs_run stopped_early parameters "
-    "gflops seconds device dice_mean dice_std iou_mean iou_std dice_micro iou_micro hd95_mean object_f1_mean "
-    "object_dice_mean object_hausdorff_mean"
-).split()
+METRICS_KEYS = (*store.METRICS_KEYS, *store.OBJECT_METRICS_KEYS)  # synthetic data has instance ids
 
 
 @pytest.fixture(autouse=True)
