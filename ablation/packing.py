@@ -42,7 +42,8 @@ def pack_key(config: RunConfig) -> str:
         "data_root": config.data_root,
         "num_folds": config.num_folds,
         "model": to_dict(model),
-        "train": to_dict(config.train),
+        # test_time_masks only adds an evaluation after training, so it does not keep runs from sharing a pack
+        "train": {k: v for k, v in to_dict(config.train).items() if k != "test_time_masks"},
     }
     return repr(sorted(shared.items()))
 

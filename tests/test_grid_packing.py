@@ -41,6 +41,12 @@ def test_plan_units_packs_maskable_subsets_and_keeps_cct_subsets_apart() -> None
         plan_units(unet, pack_size=0)
 
 
+def test_test_time_masks_do_not_split_a_pack() -> None:
+    masked = dataclasses.replace(_config(), train=dataclasses.replace(_config().train, test_time_masks=True))
+    assert can_pack([masked, _config(skips="1010"), _config(skips="0000")])
+    assert len(plan_units([masked, _config(skips="1010")], pack_size=16)) == 1
+
+
 def test_auto_pack_size_scales_with_memory_and_model() -> None:
     big = dataclasses.replace(_config(), model=ModelConfig(connector="unet", base_channels=64, img_size=224))
     ctrans = dataclasses.replace(big, model=dataclasses.replace(big.model, connector="uctransnet"))
