@@ -281,6 +281,53 @@ def test_cli_train_then_evaluate(tmp_path: Path, capsys) -> None:
     assert code == 2 and capsys.readouterr().err == "error: unknown device 'foo': use cpu, cuda or cuda:N\n"
 
 
+def _tiny_monuseg(data_root: Path) -> None:
+    """MoNuSeg/ in the reference layout under ``data_root``: a few random 40x40 PNGs with a blob mask each."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder, count in (("Train_Folder", 4), ("Val_Folder", 2), ("Test_Folder", 2)):
+        for sub in ("img", "labelcol"):
+            (data_root / "MoNuSeg" / folder / sub).mkdir(parents=True)
+        for i in range(count):
+            mask = np.zeros((40, 40), dtype=np.uint8)
+            mask[5 + i : 20 + i, 8:25] = 255
+            image = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(image).save(data_root / "MoNuSeg" / folder / "img" / f"{folder[:2]}{i}.png")
+            Image.fromarray(mask).save(data_root / "MoNuSeg" / folder / "labelcol" / f"{folder[:2]}{i}.png")
+
+
+def test_cli_evaluate_finds_the_data_root_of_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ABLATION_DATA", str(tmp_path / "nowhere"))
+    data_root = tmp_path / "datasets"
+    _tiny_monuseg(data_root)
+    code = main(
+        ["train", "--dataset", "monuseg", "--data-root", str(data_root), "--base-channels", "4", "--img-size",
+         "32", "--epochs", "1", "--set", "train.min_best_epoch=0", "--set", "train.save_predictions=0",
+         "--device", "cpu", "--quiet", "--out", str(tmp_path / "results")]
+    )  # fmt: skip
+    assert code == 0
+    (run_dir,) = store.find_runs(tmp_path / "results")
+    best = str(run_dir / store.BEST_CHECKPOINT)
+    expected = (run_dir / store.TEST_METRICS_FILE).read_text()
+    capsys.readouterr()
+
+    # Without --data-root the checkpoint's stored data_root is used, not $ABLATION_DATA.
+    evaluate = ["evaluate", "--checkpoint", best, "--root", "monuseg", "--device", "cpu", "--out"]
+    assert main([*evaluate, str(tmp_path / "stored.csv")]) == 0
+    assert (tmp_path / "stored.csv").read_text() == expected
+
+    # An explicit --data-root wins over the stored one.
+    moved = tmp_path / "moved"
+    data_root.rename(moved)
+    err = _one_line_error(capsys, *evaluate, str(tmp_path / "gone.csv"))
+    assert f"dataset 'monuseg' not found at {data_root / 'MoNuSeg'}" in err
+    assert main([*evaluate, str(tmp_path / "moved.csv"), "--data-root", str(moved)]) == 0
+    assert (tmp_path / "moved.csv").read_text() == expected
+
+
 def _one_line_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     assert main(list(args)) == 2
     err = capsys.readouterr().err

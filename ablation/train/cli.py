@@ -53,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--checkpoint", type=Path, required=True)
     evaluate.add_argument("--root", required=True, help="dataset name or folder in the reference layout")
+    evaluate.add_argument(
+        "--data-root",
+        help="folder holding GlaS/ and MoNuSeg/ (default: the run's own data_root, then $ABLATION_DATA or ./data)",
+    )
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     order = evaluate.add_mutually_exclusive_group()
     order.add_argument("--bgr", dest="bgr", action="store_const", const=True, help="feed BGR images")
@@ -140,7 +144,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     _, summary = evaluate_checkpoint(
         args.checkpoint, args.root, split=args.split, bgr=args.bgr, img_size=args.img_size, device=args.device,
-        out_csv=args.out,
+        out_csv=args.out, data_root=args.data_root,
     )  # fmt: skip
     for key, value in summary.items():
         print(f"{key:24s} {value:.4f}" if isinstance(value, float) else f"{key:24s} {value}")

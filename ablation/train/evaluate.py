@@ -101,24 +101,32 @@ def write_predictions(
 
 def _load_any_checkpoint(
     path: Path, img_size: int | None, device: torch.device
-) -> tuple[torch.nn.Module, int, str]:
-    """Our checkpoint_best.pt / checkpoint_last.pt or a reference checkpoint -> (model, img_size, kind)."""
+) -> tuple[torch.nn.Module, int, str | None]:
+    """Our checkpoint_best.pt / checkpoint_last.pt or a reference checkpoint -> (model, img_size, data_root).
+
+    ``data_root`` is the one stored in our checkpoint's run config (None for reference checkpoints, or when the
+    run used the default).
+    """
     from ablation.models import load_reference_checkpoint
     from ablation.models.reference import read_checkpoint
 
     state = read_checkpoint(path)
     if isinstance(state, Mapping) and "config" in state and ("model" in state or "run_id" in state):
-        model, size = _load_own_checkpoint(path, state, img_size)
-        return model.to(device), size, "ours"
+        model, size, data_root = _load_own_checkpoint(path, state, img_size)
+        return model.to(device), size, data_root
     size = img_size if img_size is not None else 224
     model = load_reference_checkpoint(path, img_size=size)
-    return model.to(device), size, "reference"
+    return model.to(device), size, None
 
 
 def _load_own_checkpoint(
     path: Path, state: Mapping[str, Any], img_size: int | None
-) -> tuple[torch.nn.Module, int]:
-    """Build the model our checkpoint's stored config describes and load its weights (checked first)."""
+) -> tuple[torch.nn.Module, int, str | None]:
+    """Build the model our checkpoint's stored config describes and load its weights (checked first).
+
+    Returns:
+        ``(model, img_size, data_root)``, the last from the stored config.
+    """
     from ablation.config import RunConfig, from_dict
     from ablation.models import build_model
 
@@ -146,7 +154,7 @@ def _load_own_checkpoint(
             f"{mismatch}"
         )
     model.load_state_dict(weights)
-    return model, config.model.img_size
+    return model, config.model.img_size, config.data_root
 
 
 def first_state_dict_mismatch(
@@ -186,6 +194,7 @@ def evaluate_checkpoint(
     batch_size: int = 16,
     threshold: float = 0.5,
     out_csv: str | Path | None = None,
+    data_root: str | Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Score a checkpoint on one split of a dataset.
 
@@ -197,6 +206,8 @@ def evaluate_checkpoint(
         img_size: evaluation size; default the checkpoint's training size (224 for reference checkpoints). A
             model with CCT runs only at its training size: another size raises AblationError.
         out_csv: where to write the per-image rows (optional).
+        data_root: where ``GlaS/`` and ``MoNuSeg/`` live when ``root`` is a name; default the ``data_root``
+            stored in our checkpoint's run config, else ``$ABLATION_DATA`` or ``./data``.
 
     Returns:
         ``(rows, summary)`` as :func:`ablation.train.metrics.evaluate_predictions`.
@@ -209,9 +220,12 @@ def evaluate_checkpoint(
     if out_csv is not None:
         _check_output_path(Path(out_csv))
     setup = setup_device(device, precision="fp32" if device == "cpu" else "auto")
-    model, size, _ = _load_any_checkpoint(path, img_size, setup.device)
+    model, size, trained_root = _load_any_checkpoint(path, img_size, setup.device)
     model = to_memory_format(model, setup)
-    prepared = load_prepared(root, img_size=size)
+    # A run trained with --data-root stores it, so its checkpoint finds the same named dataset again.
+    prepared = load_prepared(
+        root, img_size=size, data_root=data_root if data_root is not None else trained_root
+    )
     if split not in prepared.splits:
         raise AblationError(
             f"split {split!r} not in dataset {root!r}: choose one of {', '.join(prepared.splits)}"
