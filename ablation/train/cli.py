@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--root", required=True, help="dataset name or folder in the reference layout")
     evaluate.add_argument(
         "--data-root",
-        help="folder holding GlaS/ and MoNuSeg/ (default: the run's own data_root, then $ABLATION_DATA or ./data)",
+        help="folder holding GlaS/ and MoNuSeg/ (default: the data_root stored in the checkpoint, then "
+        "$ABLATION_DATA or ./data)",
     )
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     order = evaluate.add_mutually_exclusive_group()
