@@ -25,6 +25,7 @@ CONNECTORS: dict[str, str] = {
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+INTERPOLATIONS = ("reference", "bilinear", "bicubic")  # see ablation.data.prepare
 
 
 def _check_range(
@@ -141,10 +142,17 @@ class RunConfig:
     repeat: int = 0  # k-fold repeat index (the paper: 3 repeats x 5 folds)
     num_folds: int = 5
     data_root: str | None = None  # where named datasets live; default $ABLATION_DATA or ./data
+    # Image resizing: "reference" (OpenCV-style bilinear, masks thresholded after resizing, as the reference
+    # code), or Pillow's "bilinear" / "bicubic" (antialiased images, nearest masks). Part of the run's identity.
+    interpolation: str = "reference"
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise AblationError(
+                f"unknown interpolation {self.interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}"
+            )
         _check_range("num_folds", self.num_folds, minimum=2)
         _check_range("repeat", self.repeat, minimum=0)
         if self.fold is not None and not 0 <= self.fold < self.num_folds:

@@ -40,6 +40,7 @@ def pack_key(config: RunConfig) -> str:
     shared = {
         "dataset": config.dataset,
         "data_root": config.data_root,
+        "interpolation": config.interpolation,
         "num_folds": config.num_folds,
         "model": to_dict(model),
         # test_time_masks only adds an evaluation after training, so it does not keep runs from sharing a pack

@@ -105,6 +105,12 @@ def test_run_identity_ignores_speed_settings_only() -> None:
     faster = apply_overrides(base, {"train.eval_batch_size": 64, "train.compile": True, "data_root": "/d"})
     assert run_id(faster) == run_id(base)
     assert run_id(apply_overrides(base, {"seed": 1})) != run_id(base)
+    # How images are prepared changes what a run computes, so it is part of the identity.
+    assert run_id(apply_overrides(base, {"interpolation": "bicubic"})) != run_id(base)
+    with pytest.raises(
+        AblationError, match="unknown interpolation 'area': choose one of reference, bilinear"
+    ):
+        apply_overrides(base, {"interpolation": "area"})
     assert run_name(RunConfig(dataset="/x/My Data", fold=1, repeat=2)).startswith(
         "my-data_unet_1111_s0_r2f1_"
     )

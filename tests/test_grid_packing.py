@@ -47,6 +47,15 @@ def test_test_time_masks_do_not_split_a_pack() -> None:
     assert len(plan_units([masked, _config(skips="1010")], pack_size=16)) == 1
 
 
+def test_runs_prepared_differently_never_share_a_pack() -> None:
+    other = dataclasses.replace(_config(skips="1010"), interpolation="bicubic")
+    assert not can_pack([_config(), other])
+    spec = {"datasets": ["synthetic-nuclei"], "subsets": ["1111"], "interpolation": "bicubic"}
+    assert {config.interpolation for config in expand_spec(spec)} == {"bicubic"}
+    with pytest.raises(AblationError, match="unknown interpolation 'area'"):
+        expand_spec({**spec, "interpolation": "area"})
+
+
 def test_auto_pack_size_scales_with_memory_and_model() -> None:
     big = dataclasses.replace(_config(), model=ModelConfig(connector="unet", base_channels=64, img_size=224))
     ctrans = dataclasses.replace(big, model=dataclasses.replace(big.model, connector="uctransnet"))

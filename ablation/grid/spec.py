@@ -35,6 +35,7 @@ from typing import Any
 
 from ablation.config import (
     CONNECTORS,
+    INTERPOLATIONS,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -72,6 +73,7 @@ SPEC_KEYS: dict[str, str] = {
     "seeds": "list of seeds (default: [0])",
     "folds": "'official', an integer k for k-fold cross-validation, or a list of fold indices (default: official)",
     "num_folds": "k when folds is a list of indices (default: 5)",
+    "interpolation": f"image resizing: {', '.join(INTERPOLATIONS)} (default: reference, as the reference code)",
     "repeats": "k-fold repeats (default: 1)",
     "test_time_masks": "evaluate every all-skips model under all 16 runtime masks too (default: false)",
     "pack_size": "runs trained together in one model pass: 'auto' (as many as fit on a GPU, 1 on CPU) or an "
@@ -120,6 +122,7 @@ class GridSpec:
     num_folds: int = 5
     repeats: int = 1
     test_time_masks: bool = False
+    interpolation: str = "reference"  # how images are resized (RunConfig.interpolation)
     pack_size: int | None = None  # None: automatic (packs on GPU sized to its memory, single runs on CPU)
     train: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
@@ -145,6 +148,7 @@ class GridSpec:
                 repeat=repeat,
                 num_folds=self.num_folds,
                 data_root=entry.data_root,
+                interpolation=self.interpolation,
                 model=model,
                 train=dataclasses.replace(train, test_time_masks=True) if masked else train,
             )
@@ -191,6 +195,11 @@ def load_spec(spec: str | Path | dict[str, Any]) -> GridSpec:
     if not isinstance(test_time_masks, bool):
         raise AblationError(f"{where}: 'test_time_masks' must be true or false, got {test_time_masks!r}")
     pack_size = parse_pack_size(data.get("pack_size", "auto"), f"{where}: 'pack_size'")
+    interpolation = _string(data.get("interpolation", "reference"), "interpolation", where)
+    if interpolation not in INTERPOLATIONS:
+        raise AblationError(
+            f"{where}: unknown interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}"
+        )
     overrides = {}
     for section, cls in (("train", TrainConfig), ("model", ModelConfig)):
         table = data.get(section, {})
@@ -213,6 +222,7 @@ def load_spec(spec: str | Path | dict[str, Any]) -> GridSpec:
         num_folds=num_folds,
         repeats=repeats,
         test_time_masks=test_time_masks,
+        interpolation=interpolation,
         pack_size=pack_size,
         train=overrides["train"],
         model=overrides["model"],

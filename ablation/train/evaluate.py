@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ablation.config import RunConfig
 from ablation.errors import AblationError
 from ablation.io import atomic_write_bytes, atomic_write_text
 from ablation.train.device import DeviceSetup, autocast, setup_device, to_memory_format
@@ -101,19 +102,18 @@ def write_predictions(
 
 def _load_any_checkpoint(
     path: Path, img_size: int | None, device: torch.device
-) -> tuple[torch.nn.Module, int, str | None]:
-    """Our checkpoint_best.pt / checkpoint_last.pt or a reference checkpoint -> (model, img_size, data_root).
+) -> tuple[torch.nn.Module, int, RunConfig | None]:
+    """Our checkpoint_best.pt / checkpoint_last.pt or a reference checkpoint -> (model, img_size, run config).
 
-    ``data_root`` is the one stored in our checkpoint's run config (None for reference checkpoints, or when the
-    run used the default).
+    The run config is the one stored in our checkpoint (None for reference checkpoints).
     """
     from ablation.models import load_reference_checkpoint
     from ablation.models.reference import read_checkpoint
 
     state = read_checkpoint(path)
     if isinstance(state, Mapping) and "config" in state and ("model" in state or "run_id" in state):
-        model, size, data_root = _load_own_checkpoint(path, state, img_size)
-        return model.to(device), size, data_root
+        model, size, config = _load_own_checkpoint(path, state, img_size)
+        return model.to(device), size, config
     size = img_size if img_size is not None else 224
     model = load_reference_checkpoint(path, img_size=size)
     return model.to(device), size, None
@@ -121,13 +121,13 @@ def _load_any_checkpoint(
 
 def _load_own_checkpoint(
     path: Path, state: Mapping[str, Any], img_size: int | None
-) -> tuple[torch.nn.Module, int, str | None]:
+) -> tuple[torch.nn.Module, int, RunConfig]:
     """Build the model our checkpoint's stored config describes and load its weights (checked first).
 
     Returns:
-        ``(model, img_size, data_root)``, the last from the stored config.
+        ``(model, img_size, run config)``.
     """
-    from ablation.config import RunConfig, from_dict
+    from ablation.config import from_dict
     from ablation.models import build_model
 
     try:
@@ -154,7 +154,7 @@ def _load_own_checkpoint(
             f"{mismatch}"
         )
     model.load_state_dict(weights)
-    return model, config.model.img_size, config.data_root
+    return model, config.model.img_size, config
 
 
 def first_state_dict_mismatch(
@@ -220,11 +220,16 @@ def evaluate_checkpoint(
     if out_csv is not None:
         _check_output_path(Path(out_csv))
     setup = setup_device(device, precision="fp32" if device == "cpu" else "auto")
-    model, size, trained_root = _load_any_checkpoint(path, img_size, setup.device)
+    model, size, trained = _load_any_checkpoint(path, img_size, setup.device)
     model = to_memory_format(model, setup)
-    # A run trained with --data-root stores it, so its checkpoint finds the same named dataset again.
+    # A run trained with --data-root stores it, so its checkpoint finds the same named dataset again; and its
+    # images are prepared as they were in training.
+    trained_root = trained.data_root if trained is not None else None
     prepared = load_prepared(
-        root, img_size=size, data_root=data_root if data_root is not None else trained_root
+        root,
+        img_size=size,
+        data_root=data_root if data_root is not None else trained_root,
+        interpolation=trained.interpolation if trained is not None else "reference",
     )
     if split not in prepared.splits:
         raise AblationError(

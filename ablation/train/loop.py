@@ -150,7 +150,12 @@ def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool)
 
     cfg = config.train
     started = time.perf_counter()
-    prepared = load_prepared(config.dataset, img_size=config.model.img_size, data_root=config.data_root)
+    prepared = load_prepared(
+        config.dataset,
+        img_size=config.model.img_size,
+        data_root=config.data_root,
+        interpolation=config.interpolation,
+    )
     train, val, test, record = run_splits(
         prepared, fold=config.fold, repeat=config.repeat, num_folds=config.num_folds
     )

@@ -485,7 +485,12 @@ def _train_pending(
     from ablation.train import loop
 
     first = configs[0]
-    prepared = load_prepared(first.dataset, img_size=first.model.img_size, data_root=first.data_root)
+    prepared = load_prepared(
+        first.dataset,
+        img_size=first.model.img_size,
+        data_root=first.data_root,
+        interpolation=first.interpolation,
+    )
     variants: list[_Variant] = []
     try:
         for position, config, out_dir in zip(positions, configs, out_dirs):
