@@ -25,7 +25,10 @@ TINY = {
     [
         ("paper_skip_study.toml", 16 * 2 * 15),  # 16 subsets x GlaS, MoNuSeg x 3 repeats x 5 folds
         ("paper_module_ablation.toml", 4 * 2 * 15),  # 4 connectors with all skips
-        ("demo.toml", (16 + 3) * 2),  # U-Net x 16 subsets + CCT, CCA, UCTransNet with all skips; 2 datasets
+        (
+            "demo.toml",
+            (16 + 3) * 2 * 2,
+        ),  # U-Net x 16 subsets + CCT, CCA, UCTransNet at all skips; 2 datasets x 2 seeds
     ],
 )
 def test_shipped_specs_dry_run_counts(
