@@ -306,11 +306,11 @@ def critical_difference(result: FriedmanResult, title: str = "") -> Figure:
     ax.set_xlim(0.5 - half, result.n_subsets + 0.5 + half)
     ax.invert_xaxis()  # best (rank 1) on the right, as in critical-difference diagrams
     ax.set_xlabel("average rank over test images (1 = best)")
-    ax.set_title(
-        f"{title}Friedman chi2 = {result.statistic:.1f}, p = {result.p_value:.2g}; "
-        f"Nemenyi CD = {result.critical_difference:.2f} (alpha = {result.alpha})",
-        fontsize=9,
+    summary = (
+        f"Friedman chi2 = {result.statistic:.1f}, p = {result.p_value:.2g}; "
+        f"Nemenyi CD = {result.critical_difference:.2f} (alpha = {result.alpha})"
     )
+    ax.set_title(f"{title.rstrip(': ')}\n{summary}" if title else summary, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     return figure
 
