@@ -143,7 +143,7 @@ def per_image(results: Results, dataset: str, *, connector: str = "unet", maskin
 
 
 def learning_curves(results: Results, dataset: str, *, connector: str = "unet") -> Figure:
-    """Training loss and validation Dice per epoch, mean ± sd over replicates, one line per subset."""
+    """Training loss and validation Dice per epoch: mean and range over replicates, one line per subset."""
     history = results.history
     history = history[(history["dataset"] == dataset) & (history["connector"] == connector)]
     if history.empty:
@@ -160,7 +160,7 @@ def learning_curves(results: Results, dataset: str, *, connector: str = "unet") 
             y=column,
             hue="subset",
             hue_order=order,
-            errorbar="sd",
+            errorbar=("pi", 100),  # the range over seeds and folds: stays within the metric's bounds
             ax=ax,
             legend=column == panels[-1],
             palette="viridis",
@@ -168,7 +168,7 @@ def learning_curves(results: Results, dataset: str, *, connector: str = "unet") 
         ax.set_title(column.replace("_", " "))
     if axes[-1].get_legend() is not None:
         sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, title="subset")
-    figure.suptitle(f"{dataset}: learning curves ({connector})")
+    figure.suptitle(f"{dataset}: learning curves ({connector}; mean, band = range over seeds and folds)")
     return figure
 
 
