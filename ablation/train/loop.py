@@ -22,6 +22,7 @@ import csv
 import io
 import math
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ from ablation.train.losses import segmentation_loss
 from ablation.train.metrics import EPSILON, evaluate_predictions
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+# The early-stopping state of a run, as checkpoint_last.pt holds it (see :func:`new_run_state`).
+STATE_KEYS = ("epoch", "best_dice", "best_epoch", "best_model", "history")
 
 
 class RunFailed(AblationError):
@@ -143,6 +146,85 @@ def has_stopped(state: dict[str, Any], cfg: TrainConfig) -> tuple[bool, bool]:
     return stopped_early or state["epoch"] >= cfg.max_epochs, stopped_early
 
 
+def new_run_state() -> dict[str, Any]:
+    """The early-stopping state of a run before its first epoch (the keys of :data:`STATE_KEYS`)."""
+    return {"epoch": 0, "best_dice": -math.inf, "best_epoch": 0, "best_model": None, "history": []}
+
+
+def make_optimizer(params: Iterable[torch.Tensor], cfg: TrainConfig, setup: DeviceSetup) -> torch.optim.Adam:
+    """The paper's Adam (``cfg.lr``, ``cfg.weight_decay``); the fused implementation on CUDA."""
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=setup.is_cuda)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
+    """CosineAnnealingWarmRestarts with the ``cfg.scheduler_*`` settings, stepped once per epoch."""
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=cfg.scheduler_t0, T_mult=cfg.scheduler_t_mult, eta_min=cfg.scheduler_eta_min
+    )
+
+
+def record_non_finite(out_dir: Path, epoch: int, train_loss: float, val_loss: float) -> str | None:
+    """When an epoch's loss is not finite, write the failure to ``status.json`` and return it, else None.
+
+    The returned status reads ``failed: non-finite loss at epoch E``.
+    """
+    if math.isfinite(train_loss) and math.isfinite(val_loss):
+        return None
+    reason = f"failed: non-finite loss at epoch {epoch}"
+    write_status(out_dir, reason, epoch=epoch, train_loss=str(train_loss), val_loss=str(val_loss))
+    return reason
+
+
+def end_epoch(
+    state: dict[str, Any],
+    row: tuple,
+    *,
+    config: RunConfig,
+    out_dir: Path,
+    model: torch.nn.Module,
+    generator: torch.Generator,
+    optimizer_states: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
+) -> tuple[bool, bool]:
+    """A run's bookkeeping after a finite epoch: history, best model, early stop, checkpoint.
+
+    Shared by :func:`train_run` and :func:`ablation.train.packed.train_packed`, so both write the same files.
+
+    Args:
+        state: the early-stopping state (:data:`STATE_KEYS`, other keys are ignored); updated in place.
+        row: the epoch's :data:`HISTORY_COLUMNS` values (``epoch``, losses, Dice, lr, seconds).
+        config: the run's configuration.
+        out_dir: the run folder.
+        model: the network holding the weights after this epoch.
+        generator: the run's data generator (saved in the checkpoint).
+        optimizer_states: returns the optimiser's and the scheduler's state dicts; called only to checkpoint.
+
+    Returns:
+        ``(done, stopped_early)`` as :func:`has_stopped` after this epoch.
+    """
+    cfg = config.train
+    epoch, val_dice = row[0], row[3]
+    state["history"].append(dict(zip(HISTORY_COLUMNS, row)))
+    write_history(out_dir, state["history"])
+    state["epoch"] = epoch
+    if epoch > cfg.min_best_epoch and val_dice > state["best_dice"]:
+        state.update(best_dice=val_dice, best_epoch=epoch, best_model=clone_state(model))
+    done, stopped_early = has_stopped(state, cfg)
+    if done or epoch % cfg.checkpoint_every == 0:
+        optimizer_state, scheduler_state = optimizer_states()
+        checkpoint_state = {key: state[key] for key in STATE_KEYS}
+        save_checkpoint(
+            out_dir / LAST_CHECKPOINT,
+            config,
+            model,
+            optimizer_state,
+            scheduler_state,
+            generator,
+            checkpoint_state,
+        )
+        write_status(out_dir, "running", epoch=epoch)
+    return done, stopped_early
+
+
 def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool) -> dict[str, Any]:
     from ablation.data import load_prepared, run_splits
     from ablation.data.augment import augment_batch
@@ -164,18 +246,14 @@ def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool)
     torch.manual_seed(config.seed)  # weight init and dropout
     model = to_memory_format(build_model(config.model).to(setup.device), setup)
     step_model = maybe_compile(model, setup, cfg.compile)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=setup.is_cuda
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer, T_0=cfg.scheduler_t0, T_mult=cfg.scheduler_t_mult, eta_min=cfg.scheduler_eta_min
-    )
+    optimizer = make_optimizer(model.parameters(), cfg, setup)
+    scheduler = make_scheduler(optimizer, cfg)
     # The run's own stream for batch order and augmentation, independent of the global RNG used for init.
     generator = torch.Generator(device=setup.device).manual_seed(derived_seed(config.seed, "data"))
     train_images, train_masks = split_to_device(train, setup)
     val_images, val_masks = split_to_device(val, setup)
 
-    state = {"epoch": 0, "best_dice": -math.inf, "best_epoch": 0, "best_model": None, "history": []}
+    state = new_run_state()
     if (out_dir / LAST_CHECKPOINT).exists():
         state, optimizer_state, scheduler_state = load_checkpoint(
             out_dir / LAST_CHECKPOINT, config, model, generator, setup
@@ -201,31 +279,19 @@ def _train(config: RunConfig, out_dir: Path, setup: DeviceSetup, progress: bool)
         train_loss, val_loss, val_dice = torch.stack(
             [train_loss, val_loss, val_dice]
         ).tolist()  # the one sync
-        if not math.isfinite(train_loss) or not math.isfinite(val_loss):
+        if record_non_finite(out_dir, epoch, train_loss, val_loss) is not None:
             bar.close()
-            reason = f"failed: non-finite loss at epoch {epoch}"
-            write_status(out_dir, reason, epoch=epoch, train_loss=str(train_loss), val_loss=str(val_loss))
             raise RunFailed(f"run {out_dir.name}: non-finite loss at epoch {epoch}")
         seconds = time.perf_counter() - epoch_start
-        state["history"].append(
-            dict(zip(HISTORY_COLUMNS, (epoch, train_loss, val_loss, val_dice, lr, seconds)))
+        _, stopped_early = end_epoch(
+            state,
+            (epoch, train_loss, val_loss, val_dice, lr, seconds),
+            config=config,
+            out_dir=out_dir,
+            model=model,
+            generator=generator,
+            optimizer_states=lambda: (optimizer.state_dict(), scheduler.state_dict()),
         )
-        write_history(out_dir, state["history"])
-        state["epoch"] = epoch
-        if epoch > cfg.min_best_epoch and val_dice > state["best_dice"]:
-            state.update(best_dice=val_dice, best_epoch=epoch, best_model=clone_state(model))
-        _, stopped_early = has_stopped(state, cfg)
-        if stopped_early or epoch % cfg.checkpoint_every == 0 or epoch == cfg.max_epochs:
-            save_checkpoint(
-                out_dir / LAST_CHECKPOINT,
-                config,
-                model,
-                optimizer.state_dict(),
-                scheduler.state_dict(),
-                generator,
-                state,
-            )
-            write_status(out_dir, "running", epoch=epoch)
         bar.set_postfix(
             loss=f"{train_loss:.4f}", val_dice=f"{val_dice:.4f}", best=state["best_epoch"], refresh=False
         )
@@ -524,12 +590,11 @@ def load_checkpoint(
         saved = read_checkpoint(path, map_location=setup.device)
     except AblationError as error:
         raise AblationError(f"{error}; {restart}") from None
-    keys = ("epoch", "best_dice", "best_epoch", "best_model", "history")
     if not isinstance(saved, dict) or "run_id" not in saved:
         raise AblationError(f"checkpoint {path} is not a checkpoint_last.pt of a run (no run_id); {restart}")
     if saved["run_id"] != run_id(config):
         raise AblationError(f"checkpoint {path} belongs to run {saved['run_id']}, not {run_id(config)}")
-    missing = [key for key in ("model", "optimizer", "scheduler", "rng", *keys) if key not in saved]
+    missing = [key for key in ("model", "optimizer", "scheduler", "rng", *STATE_KEYS) if key not in saved]
     if missing:
         raise AblationError(f"checkpoint {path} lacks {', '.join(missing)}; {restart}")
     mismatch = first_state_dict_mismatch(model.state_dict(), saved["model"])
@@ -542,4 +607,4 @@ def load_checkpoint(
     generator.set_state(saved["rng"]["generator"].cpu())
     if setup.is_cuda and "cuda" in saved["rng"]:
         torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), setup.device)
-    return {key: copy.copy(saved[key]) for key in keys}, saved["optimizer"], saved["scheduler"]
+    return {key: copy.copy(saved[key]) for key in STATE_KEYS}, saved["optimizer"], saved["scheduler"]

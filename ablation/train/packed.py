@@ -38,7 +38,6 @@ variant sees other dropout masks than it would alone: equal in distribution, not
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,6 +62,7 @@ from ablation.store import (
     run_name,
     write_status,
 )
+from ablation.train import loop
 from ablation.train.device import DeviceSetup, autocast, determinism, setup_device, to_memory_format
 from ablation.train.losses import segmentation_loss
 
@@ -145,8 +145,8 @@ class ModelPack:
             for keep, named in zip(flags, buffers):
                 named["mtc.keep"] = torch.tensor(keep, dtype=torch.float32, device=setup.device)
         self.buffers = self.stack(buffers)
-        self.optimizer = self._new_optimizer(self.params.values())
-        self.scheduler = self._new_scheduler(self.optimizer)
+        self.optimizer = loop.make_optimizer(self.params.values(), train, setup)
+        self.scheduler = loop.make_scheduler(self.optimizer, train)
         self._compile = compile and setup.is_cuda
         self._loss_fn = self._build_loss_fn()
 
@@ -241,16 +241,6 @@ class ModelPack:
 
     # optimiser -----------------------------------------------------------------------------------------------
 
-    def _new_optimizer(self, params: Any) -> torch.optim.Adam:
-        cfg = self.train_config
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=self.setup.is_cuda)
-
-    def _new_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
-        cfg = self.train_config
-        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-            optimizer, T_0=cfg.scheduler_t0, T_mult=cfg.scheduler_t_mult, eta_min=cfg.scheduler_eta_min
-        )
-
     def optimizer_state(self, k: int, model: nn.Module) -> dict[str, Any]:
         """Variant ``k``'s Adam state as ``torch.optim.Adam(model.parameters()).state_dict()`` would hold it."""
         names = [name for name, _ in model.named_parameters()]
@@ -302,7 +292,7 @@ class ModelPack:
         old_params, old_optimizer, old_scheduler = self.params, self.optimizer, self.scheduler
         self.params = {name: p.detach()[index].clone().requires_grad_() for name, p in old_params.items()}
         self.buffers = {name: b[index].clone() for name, b in self.buffers.items()}
-        self.optimizer = self._new_optimizer(self.params.values())
+        self.optimizer = loop.make_optimizer(self.params.values(), self.train_config, self.setup)
         for name, param in self.params.items():
             state = old_optimizer.state.get(old_params[name])
             if state:
@@ -310,7 +300,7 @@ class ModelPack:
                     key: value.clone() if key == "step" else value[index].clone()
                     for key, value in state.items()
                 }
-        self.scheduler = self._new_scheduler(self.optimizer)
+        self.scheduler = loop.make_scheduler(self.optimizer, self.train_config)
         self.scheduler.load_state_dict(old_scheduler.state_dict())
         self.optimizer.param_groups[0]["lr"] = old_optimizer.param_groups[0]["lr"]
         self._layouts = [self._layouts[k] for k in keep]
@@ -451,10 +441,8 @@ def train_packed(
             "train_packed: these runs cannot share a pack (they must differ only in seed, split and, for "
             f"{' and '.join(MASKABLE_CONNECTORS)}, skip subset): group them with group_for_packing"
         )
-    from ablation.train.loop import check_trainable
-
     for config in configs:
-        check_trainable(config)
+        loop.check_trainable(config)
     cfg = configs[0].train
     # The device is checked even when every run is done: a wrong device must not pass silently.
     setup = setup_device(device, precision=cfg.precision, channels_last=cfg.channels_last)
@@ -482,7 +470,6 @@ def _train_pending(
 ) -> None:
     """Prepare every pending variant (resuming from its checkpoint), then train them in compatible sub-packs."""
     from ablation.data import load_prepared
-    from ablation.train import loop
 
     first = configs[0]
     prepared = load_prepared(
@@ -518,7 +505,6 @@ def _prepare_variant(
     """A variant's splits, config.json, network (seeded as train_run seeds it), generator and resumed state."""
     from ablation.data import run_splits
     from ablation.models import build_model
-    from ablation.train import loop
 
     started = time.perf_counter()
     train, val, test, record = run_splits(
@@ -537,7 +523,7 @@ def _prepare_variant(
         train=loop.split_to_device(train, setup),
         val=loop.split_to_device(val, setup),
         test=test,
-        state={"epoch": 0, "best_dice": -math.inf, "best_epoch": 0, "best_model": None, "history": []},
+        state=loop.new_run_state(),
     )
     if (out_dir / LAST_CHECKPOINT).exists():
         variant.state, variant.optimizer_state, variant.scheduler_state = loop.load_checkpoint(
@@ -553,8 +539,6 @@ def _train_pack(
     variants: list[_Variant], setup: DeviceSetup, progress: bool, results: list[dict[str, Any] | None]
 ) -> None:
     """Train variants that share train-set size and epoch as one pack until each stops, then write it out."""
-    from ablation.train import loop
-
     cfg = variants[0].config.train
     pack = ModelPack(
         [v.model for v in variants],
@@ -592,11 +576,8 @@ def _train_pack(
         seconds = (time.perf_counter() - epoch_start) / len(variants)  # the epoch's wall time, shared equally
         finished = []
         for k, (variant, (train_loss, val_loss, val_dice)) in enumerate(zip(variants, numbers)):
-            if not math.isfinite(train_loss) or not math.isfinite(val_loss):
-                reason = f"failed: non-finite loss at epoch {epoch}"
-                write_status(
-                    variant.out_dir, reason, epoch=epoch, train_loss=str(train_loss), val_loss=str(val_loss)
-                )
+            reason = loop.record_non_finite(variant.out_dir, epoch, train_loss, val_loss)
+            if reason is not None:
                 results[variant.position] = {
                     "status": reason,
                     "run_id": run_id(variant.config),
@@ -647,43 +628,24 @@ def _train_epoch(
 
 
 def _end_epoch(variant: _Variant, pack: ModelPack, k: int, epoch: int, row: tuple) -> bool:
-    """train_run's bookkeeping after a finite epoch (history, best model, early stop, checkpoint); True when done.
+    """train_run's :func:`ablation.train.loop.end_epoch` for variant ``k`` of the pack; True when done.
 
     ``variant.model`` already holds the variant's weights after this epoch (exported for validation).
     """
-    from ablation.train import loop
-
-    cfg, state = variant.config.train, variant.state
-    state["history"].append(dict(zip(loop.HISTORY_COLUMNS, row)))
-    loop.write_history(variant.out_dir, state["history"])
-    state["epoch"] = epoch
-    val_dice = row[3]
-    if epoch > cfg.min_best_epoch and val_dice > state["best_dice"]:
-        state.update(best_dice=val_dice, best_epoch=epoch, best_model=loop.clone_state(variant.model))
-    done, state["stopped_early"] = loop.has_stopped(state, cfg)
-    if done or epoch % cfg.checkpoint_every == 0:
-        optimizer_state = pack.optimizer_state(k, variant.model)
-        scheduler_state = pack.scheduler.state_dict()
-        checkpoint_state = {
-            key: state[key] for key in ("epoch", "best_dice", "best_epoch", "best_model", "history")
-        }
-        loop.save_checkpoint(
-            variant.out_dir / LAST_CHECKPOINT,
-            variant.config,
-            variant.model,
-            optimizer_state,
-            scheduler_state,
-            variant.generator,
-            checkpoint_state,
-        )
-        write_status(variant.out_dir, "running", epoch=epoch)
+    done, variant.state["stopped_early"] = loop.end_epoch(
+        variant.state,
+        row,
+        config=variant.config,
+        out_dir=variant.out_dir,
+        model=variant.model,
+        generator=variant.generator,
+        optimizer_states=lambda: (pack.optimizer_state(k, variant.model), pack.scheduler.state_dict()),
+    )
     return done
 
 
 def _finish(variant: _Variant, setup: DeviceSetup) -> dict[str, Any]:
     """Best checkpoint, test evaluation and metrics.json, written by train_run's own :func:`finish_run`."""
-    from ablation.train import loop
-
     started = time.perf_counter()
     state = variant.state
     # Its share of the pack's epochs (each epoch's wall time / variants training, earlier sessions included)
