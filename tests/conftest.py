@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,20 @@ def shared_datasets() -> Path:
     if not (path / "GlaS").is_dir() or not (path / "MoNuSeg").is_dir():
         pytest.skip(f"real datasets not found at {path}")
     return path
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads, and OpenMP spin-waits make a shared 2-core machine crawl.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

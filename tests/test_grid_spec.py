@@ -61,7 +61,9 @@ def test_demo_masks_only_all_skips_runs():
     assert {(c.model.connector, c.model.skips) for c in masked} == {
         (connector, "1111") for connector in ("unet", "cct", "cca", "uctransnet")
     }
-    assert all(c.model.skips == "1111" for c in masked) and len(masked) == 4 * 2 * 2  # connectors x datasets x seeds
+    assert (
+        all(c.model.skips == "1111" for c in masked) and len(masked) == 4 * 2 * 2
+    )  # connectors x datasets x seeds
 
 
 def test_expansion_order_replicates_outermost():

@@ -32,15 +32,8 @@ checkpoint_every = 1
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread; two threads on a busy 2-core machine spin-wait for seconds."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models train fastest on one thread; two threads on a busy 2-core machine spin-wait for seconds.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _spec(tmp_path: Path, subsets: str, epochs: int) -> Path:

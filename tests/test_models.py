@@ -19,13 +19,7 @@ from ablation.skips import ALL_SUBSETS
 TINY = ModelConfig(base_channels=4, img_size=32, num_classes=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and OpenMP spin-waits make a shared 2-core machine crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(connector: str, skips: str = "1111", seed: int = 0) -> nn.Module:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,13 +26,7 @@ UCTRANSNET_PARAMETERS = 66_430_657
 TINY = ModelConfig(base_channels=4, img_size=32, num_layers=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and OpenMP spin-waits make a shared 2-core machine crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- an independent, plain re-implementation of the reference forward pass, on reference-named weights ----
