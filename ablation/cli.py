@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "ablation.train.cli",
     "ablation.grid.cli",
     "ablation.report.cli",
+    "ablation.predict.cli",
 )
 
 
