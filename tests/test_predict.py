@@ -342,6 +342,8 @@ def study(runs: list[Path], tmp_path: Path) -> tuple[Path, list[Path], list[Path
     _fake_run(results, "1111", 0, val=0.75, test=0.60, checkpoint=best[0])
     _fake_run(results, "1111", 0, val=0.99, test=0.99, checkpoint=best[0], connector="cca")
     _fake_run(results, "0001", 0, val=None, test=0.99, checkpoint=best[0])  # no validation Dice: left out
+    damaged = _fake_run(results, "1110", 0, val=0.99, test=0.99, checkpoint=best[0])
+    atomic_write_json(damaged / store.CONFIG_FILE, {"dataset": "synthetic-nuclei"})  # no model: left out
     unfinished = results / "synthetic-nuclei_unet_1000_s0_official_00000000"
     unfinished.mkdir()
     shutil.copy(best[0], unfinished / store.BEST_CHECKPOINT)
@@ -357,7 +359,8 @@ def test_study_picks_the_subset_with_the_best_validation_dice(
     assert choice.skips == "1100" and [run.path for run in choice.runs] == by_validation
     assert [entry["skips"] for entry in choice.subsets] == ["1100", "1111", "0011"]
     assert choice.subsets[0]["val_dice_mean"] == pytest.approx(0.80) and choice.subsets[0]["replicates"] == 2
-    assert len(choice.left_out) == 1 and "best_val_dice" in choice.left_out[0]
+    assert len(choice.left_out) == 2 and "best_val_dice" in choice.left_out[1]
+    assert "_unet_1110_" in choice.left_out[0] and "not a run config" in choice.left_out[0]
 
     out = tmp_path / "out"
     args = ["predict", "--study", str(results), "--dataset", "synthetic-nuclei", "--connector", "unet"]

@@ -51,8 +51,9 @@ class StudyChoice:
         runs: the chosen subset's finished runs with a validation Dice (the ensemble members), by path.
         subsets: one entry per subset with usable runs, best first:
             ``{"skips", "label", "val_dice_mean", "replicates"}``.
-        left_out: ``"<run folder>: <reason>"`` for finished runs of the dataset and connector that could not
-            be ranked (no ``best_val_dice``) or used (no checkpoint_best.pt).
+        left_out: ``"<path>: <reason>"`` for done runs whose config.json lacks a field, and for finished runs
+            of the dataset and connector that could not be ranked (no ``best_val_dice``) or used (no
+            checkpoint_best.pt).
     """
 
     results_dir: Path
@@ -89,8 +90,12 @@ class StudyChoice:
         }
 
 
-def finished_runs(results_dir: str | Path) -> list[StudyRun]:
+def finished_runs(results_dir: str | Path) -> tuple[list[StudyRun], list[str]]:
     """Every done run below ``results_dir`` (``read_run_state`` says ``done``), read from its own files.
+
+    Returns:
+        ``(runs, problems)``: problems are ``"<config.json>: <reason>"`` for done runs whose config lacks a
+        field (a damaged run is left out, not fatal, as in reports).
 
     Raises:
         AblationError: ``results_dir`` is not a folder.
@@ -98,7 +103,8 @@ def finished_runs(results_dir: str | Path) -> list[StudyRun]:
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise AblationError(f"results folder {results_dir} does not exist or is not a folder")
-    runs = []
+    runs: list[StudyRun] = []
+    problems: list[str] = []
     for run_dir in find_runs(results_dir):
         if read_run_state(run_dir)[0] != "done":
             continue
@@ -120,8 +126,8 @@ def finished_runs(results_dir: str | Path) -> list[StudyRun]:
                 )
             )
         except (KeyError, TypeError, ValueError, AblationError) as error:
-            raise AblationError(f"{run_dir / CONFIG_FILE}: not a run config ({error})") from None
-    return runs
+            problems.append(f"{run_dir / CONFIG_FILE}: not a run config ({type(error).__name__}: {error})")
+    return runs, problems
 
 
 def _finite(value: Any) -> float | None:
@@ -160,11 +166,12 @@ def choose_study_runs(
             subset without finished runs (naming those with), or no run of the chosen subset that can be used.
     """
     results_dir = Path(results_dir)
-    runs = finished_runs(results_dir)
+    runs, problems = finished_runs(results_dir)
     if not runs:
+        reason = f"; left out {problems[0]}" if problems else ""
         raise AblationError(
-            f"no finished runs in {results_dir} (a run is finished when its metrics.json exists): "
-            "train some with `ablation run SPEC` or `ablation train`"
+            f"no finished runs in {results_dir} (a run is finished when its metrics.json exists): train some "
+            f"with `ablation run SPEC` or `ablation train`{reason}"
         )
     of_dataset = [run for run in runs if dataset.lower() in _dataset_forms(run.dataset)]
     if not of_dataset:
@@ -223,7 +230,7 @@ def choose_study_runs(
         runs=members,
         subsets=subsets,
         chosen_by="given with --subset" if subset is not None else CHOSEN_BY_VALIDATION,
-        left_out=left_out,
+        left_out=problems + left_out,
     )
 
 
