@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "ablation.grid.cli",
     "ablation.report.cli",
     "ablation.predict.cli",
+    "ablation.export_cli",
 )
 
 
