@@ -78,8 +78,8 @@ class ExportSummary:
         """One line for the CLI."""
         skipped = ", ".join(f"{count} {state}" for state, count in sorted(self.left_out.items()))
         return (
-            f"exported {_count(self.done, 'done run')} ({self.predictions} with predictions) and the status of "
-            f"{_count(self.failed, 'failed run')} to {self.out} ({_size_text(self.size)}, "
+            f"exported {_count(self.done, 'done run')} ({self.predictions} with predictions) and the status "
+            f"of {_count(self.failed, 'failed run')} to {self.out} ({_size_text(self.size)}, "
             f"{_count(self.files, 'file')}); left out: {skipped or 'nothing'}"
         )
 
@@ -104,8 +104,8 @@ def export_slim(results_dir: str | Path, out_path: str | Path) -> ExportSummary:
 
     Args:
         results_dir: a folder of run folders (:mod:`ablation.store`).
-        out_path: the archive to write, ending in ``.tar.gz`` or ``.tgz``, outside ``results_dir``; an existing
-            archive there is replaced.
+        out_path: the archive to write, ending in ``.tar.gz`` or ``.tgz``, outside ``results_dir``; an
+            existing archive there is replaced.
 
     Returns:
         How many runs and files were exported, and the archive's size.

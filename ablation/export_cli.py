@@ -1,4 +1,4 @@
-"""``ablation export RESULTS --slim OUT.tar.gz``: the slim archive of a results folder (:mod:`ablation.export`)."""
+"""``ablation export RESULTS --slim OUT.tar.gz``: a results folder's slim archive (:mod:`ablation.export`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="pack a results folder's done runs (no checkpoints) into one .tar.gz",
-        description="Write a slim archive of RESULTS: every done run's config, status, history, test and masked "
-        "metrics and metrics.json, predictions only for the runs the qualitative figure shows, failed runs' "
-        "config and status, and grid.json; never checkpoints, locks or running runs. Unpack it into a folder and "
-        "run `ablation report` there.",
+        description="Write a slim archive of RESULTS: every done run's config, status, history, test and "
+        "masked metrics and metrics.json, predictions only for the runs the qualitative figure shows, failed "
+        "runs' config and status, and grid.json; never checkpoints, locks or running runs. Unpack it into a "
+        "folder and run `ablation report` there.",
     )
     parser.add_argument("results_dir", metavar="RESULTS", help="folder holding run folders")
     parser.add_argument(

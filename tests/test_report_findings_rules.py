@@ -108,7 +108,8 @@ def test_monuseg_single_skips_must_differ_significantly_and_widely():
     narrow = _check({"monuseg": _singles((0.0, 0.01, 0.02, 0.03))})[("monuseg", "2")]
     assert narrow.verdict == NOT_REPRODUCED and narrow.p_value < 0.05
     assert re.search(
-        r"not reproduced \(differ significantly, but not widely: span 3\.\d points vs reported 8\.9\)",
+        r"not reproduced with its protocol not recorded \(differ significantly, but not widely: "
+        r"span 3\.\d points vs reported 8\.9\)",
         narrow.text,
     )
     assert "span of at least 4.47 points" in narrow.text

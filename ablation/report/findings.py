@@ -10,7 +10,10 @@ not reproduced / not distinguishable from the best / not testable); any other da
 of each finding, verdict ``observed``. Comparisons use U-Net runs retrained per subset, per-image Dice
 averaged over seeds and folds, paired by image. A claim with a direction ("worse", "best") is tested one-sided
 in that direction (Wilcoxon signed-rank); "competitive" is a non-inferiority check on a bootstrap CI; "differ
-widely" needs both a significant Friedman test and a span comparable to the reported one.
+widely" needs both a significant Friedman test and a span comparable to the reported one. Every judged
+verdict names the protocol it rests on (:mod:`ablation.report.protocol`): plain at the paper's, "... at
+reduced scale" below it (smaller networks or images, a budget some runs reached, fewer replicates), "... under
+a different protocol" for other departures (:data:`PROTOCOL_WORDING`, :func:`stated_verdict`).
 :func:`decision_rules` states every rule; effect sizes are Dice differences in percentage points, mean and
 median.
 """
@@ -24,7 +27,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ablation.report import protocol as protocol_module
 from ablation.report.load import RETRAINED, Results, image_means
+from ablation.report.protocol import DIFFERENT, PAPER, REDUCED, UNRECORDED, Protocol, describe_protocol
 from ablation.report.stats import POINTS, best_subset_stability, bootstrap_ci, wilcoxon_pair
 from ablation.skips import PAPER_SUBSETS, SINGLE_SUBSETS, paper_label
 
@@ -35,6 +40,14 @@ REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE, OBSERVED = (
     "observed",
 )
 NOT_DISTINGUISHABLE = "not distinguishable from the best"
+JUDGED = (REPRODUCED, NOT_REPRODUCED, NOT_DISTINGUISHABLE)  # verdicts on the paper's claims
+# How a judged verdict names the protocol it rests on (Protocol.match): "reproduced at reduced scale".
+PROTOCOL_WORDING = {
+    PAPER: "",
+    REDUCED: "at reduced scale",
+    DIFFERENT: "under a different protocol",
+    UNRECORDED: "with its protocol not recorded",
+}
 ALPHA = 0.05  # per finding; the handful of findings is not corrected for multiplicity
 # "Competitive" (GlaS, Finding 1): U-Net-none may be at most this many Dice points worse than U-Net-all.
 NON_INFERIORITY_MARGIN = 1.0
@@ -56,6 +69,19 @@ class Finding:
     text: str
     effect: float | None = None  # percentage points
     p_value: float | None = None
+    protocol: Protocol | None = None  # the runs the verdict rests on (None: set by check_findings)
+
+    @property
+    def stated_verdict(self) -> str:
+        """The verdict as the text states it, e.g. "reproduced at reduced scale"."""
+        match = self.protocol.match if self.protocol is not None else UNRECORDED
+        return stated_verdict(self.verdict, match)
+
+
+def stated_verdict(verdict: str, match: str) -> str:
+    """A verdict worded with the protocol it rests on: judged verdicts off the paper's protocol say so."""
+    wording = PROTOCOL_WORDING[match]
+    return f"{verdict} {wording}" if verdict in JUDGED and wording else verdict
 
 
 @dataclasses.dataclass
@@ -93,15 +119,18 @@ def _paired(table: pd.DataFrame, a: str, b: str, alternative: str) -> _Paired:
     return _Paired((pair[a] - pair[b]).to_numpy(dtype=float), p_value)
 
 
-def _judged(head: str, verdict: str, claim: str, rule: str) -> str:
-    """The sentence of a judged finding: what we measured, the verdict, then what it was judged against."""
-    return f"{head}: {verdict}. Paper: {claim}. Rule: {rule}."
+def _judged(head: str, verdict: str, match: str, claim: str, rule: str, detail: str = "") -> str:
+    """The sentence of a judged finding: what we measured, the verdict (worded with the protocol ``match``,
+    then ``detail`` in brackets), then what it was judged against."""
+    stated = stated_verdict(verdict, match) + (f" ({detail})" if detail else "")
+    return f"{head}: {stated}. Paper: {claim}. Rule: {rule}."
 
 
 class _Scores:
     """Per-image Dice (points) of one dataset's U-Net subsets, paired by image."""
 
-    def __init__(self, results: Results, dataset: str) -> None:
+    def __init__(self, results: Results, dataset: str, match: str) -> None:
+        self.match = match  # the protocol of these runs against the paper's (Protocol.match)
         images = results.images
         chosen = images[
             (images["dataset"] == dataset)
@@ -129,15 +158,57 @@ def check_findings(results: Results, *, alpha: float = ALPHA, n_boot: int = 1000
     """Check findings 1-3 (and Table 3's) on every dataset of ``results``; :func:`decision_rules` says how."""
     found = []
     for dataset in results.datasets:
-        scores = _Scores(results, dataset)
+        skip_study, module_ablation = verdict_protocols(results, dataset)
+        scores = _Scores(results, dataset, skip_study.match)
         paper = PAPER_DATASETS.get(dataset.lower())
-        found.append(_finding1(scores, dataset, paper, alpha, n_boot))
-        found.append(_finding2(scores, dataset, paper, alpha))
-        found.append(_finding3(scores, dataset, paper, alpha, n_boot))
-        module = _module_finding(results, dataset, alpha)
+        for finding in (
+            _finding1(scores, dataset, paper, alpha, n_boot),
+            _finding2(scores, dataset, paper, alpha),
+            _finding3(scores, dataset, paper, alpha, n_boot),
+        ):
+            found.append(dataclasses.replace(finding, protocol=skip_study))
+        module = _module_finding(results, dataset, alpha, module_ablation.match)
         if module is not None:
-            found.append(module)
+            found.append(dataclasses.replace(module, protocol=module_ablation))
     return found
+
+
+def verdict_protocols(results: Results, dataset: str) -> tuple[Protocol, Protocol]:
+    """The protocols the verdicts on ``dataset`` rest on: its U-Net skip study (findings 1-3: the U-Net runs
+    retrained per subset) and its module ablation (Table 3: the runs of every connector with all skips)."""
+    runs = results.runs
+    label = PAPER_DATASETS.get(dataset.lower(), dataset)
+    if not {"dataset", "connector", "skips"} <= set(runs.columns):
+        runs = pd.DataFrame(columns=["dataset", "connector", "skips"])
+    mine = runs[runs["dataset"] == dataset]
+    return (
+        describe_protocol(mine[mine["connector"] == "unet"], f"{label}, U-Net skip study"),
+        describe_protocol(mine[mine["skips"] == "1111"], f"{label}, module ablation"),
+    )
+
+
+def protocol_lines(results: Results) -> list[str]:
+    """Markdown: the protocol table of every verdict's runs beside the paper's, then each group's wording."""
+    protocols = []
+    for dataset in results.datasets:
+        skip_study, module_ablation = verdict_protocols(results, dataset)
+        protocols.append(skip_study)
+        if _has_module_ablation(results, dataset):
+            protocols.append(module_ablation)
+    return _protocol_section(protocols)
+
+
+def _protocol_section(protocols: list[Protocol]) -> list[str]:
+    """The paper's protocol and the wording rule in one paragraph, then the table and each group's wording."""
+    intro = (
+        "The paper trains base-64 networks on 224 px images for up to 2000 epochs (early stopping with "
+        "patience 50) and reports 3 x 5-fold = 15 runs per setting. A verdict on runs below that (fewer "
+        f'channels, smaller images, a shorter budget some runs reached, fewer replicates) reads "... '
+        f'{PROTOCOL_WORDING[REDUCED]}"; one on other departures (e.g. UCTransNet from random weights where the '
+        f'reference starts from a trained U-Net) reads "... {PROTOCOL_WORDING[DIFFERENT]}". Precision is '
+        "stated, not judged. Epochs are min / median / max over the runs."
+    )
+    return [intro, "", *protocol_module.protocol_markdown(protocols, PROTOCOL_WORDING)]
 
 
 def decision_rules(alpha: float = ALPHA) -> list[str]:
@@ -191,7 +262,7 @@ def _finding1(scores: _Scores, dataset: str, paper: str | None, alpha: float, n_
     if paper == "MoNuSeg":
         verdict = REPRODUCED if worst and worse else NOT_REPRODUCED
         rule = f"lowest mean of the paper's settings and one-sided p < {alpha}"
-        text = _judged(head, verdict, "U-Net-none is the worst", rule)
+        text = _judged(head, verdict, scores.match, "U-Net-none is the worst", rule)
         return Finding("1", dataset, verdict, text, pair.mean, pair.p_value)
     state = "significantly worse than" if worse else "not significantly worse than"
     worst_and = "the worst and " if worst else ""
@@ -208,15 +279,13 @@ def _finding1_glas(scores: _Scores, dataset: str, head: str, n_boot: int) -> Fin
         f"-{NON_INFERIORITY_MARGIN:g} Dice point"
     )
     if pair.differences.size < MIN_IMAGES_NON_INFERIORITY:
-        verdict = (
-            f"{NOT_TESTABLE} (too few images: {pair.differences.size}, need {MIN_IMAGES_NON_INFERIORITY})"
-        )
-        text = _judged(head + pair.describe() + ")", verdict, claim, rule)
+        detail = f"too few images: {pair.differences.size}, need {MIN_IMAGES_NON_INFERIORITY}"
+        text = _judged(head + pair.describe() + ")", NOT_TESTABLE, scores.match, claim, rule, detail)
         return Finding("1", dataset, NOT_TESTABLE, text, pair.mean)
     low, high = bootstrap_ci(pair.differences, n_boot=n_boot)
     verdict = REPRODUCED if low > -NON_INFERIORITY_MARGIN else NOT_REPRODUCED
     head += f"{pair.describe()}; 95% bootstrap CI of the mean [{low:+.1f}, {high:+.1f}])"
-    return Finding("1", dataset, verdict, _judged(head, verdict, claim, rule), pair.mean)
+    return Finding("1", dataset, verdict, _judged(head, verdict, scores.match, claim, rule), pair.mean)
 
 
 def _spread_clause(scores: _Scores) -> tuple[str, float | None, float | None]:
@@ -267,25 +336,25 @@ def _finding2(scores: _Scores, dataset: str, paper: str | None, alpha: float) ->
     if paper == "MoNuSeg":
         low, high = PAPER_SINGLE_SPAN[paper]
         wide = WIDE_SPAN_FRACTION * (high - low)
+        detail = ""
         if span is None:
-            verdict = verdict_text = NOT_TESTABLE
+            verdict = NOT_TESTABLE
         elif p_spread < alpha and span >= wide:
-            verdict = verdict_text = REPRODUCED
+            verdict = REPRODUCED
         elif p_spread < alpha:
             verdict = NOT_REPRODUCED
-            verdict_text = (
-                f"{NOT_REPRODUCED} (differ significantly, but not widely: span {span:.1f} points vs reported "
-                f"{high - low:.1f})"
+            detail = (
+                f"differ significantly, but not widely: span {span:.1f} points vs reported {high - low:.1f}"
             )
         else:
             verdict = NOT_REPRODUCED
-            verdict_text = f"{NOT_REPRODUCED} (no significant difference between the single skips)"
+            detail = "no significant difference between the single skips"
         claim = f"single skips differ widely (reported Dice {low} to {high})"
         rule = (
             f"Friedman p < {alpha} and a span of at least {wide:.2f} points, half the reported "
             f"{high - low:.2f}"
         )
-        text = _judged(f"Finding 2, {label}: {spread}", verdict_text, claim, rule)
+        text = _judged(f"Finding 2, {label}: {spread}", verdict, scores.match, claim, rule, detail)
         if pair is not None:  # GlaS's half of the finding, shown for comparison but not judged here
             text += f" Also observed: {l1}."
         return Finding("2", dataset, verdict, text, span, p_spread)
@@ -294,7 +363,9 @@ def _finding2(scores: _Scores, dataset: str, paper: str | None, alpha: float) ->
     else:
         verdict = REPRODUCED if pair.p_value < alpha else NOT_REPRODUCED
     rule = f"one-sided Wilcoxon p < {alpha}"
-    text = _judged(f"Finding 2, {label}: {l1}", verdict, "L1 alone is worse than U-Net-none", rule)
+    text = _judged(
+        f"Finding 2, {label}: {l1}", verdict, scores.match, "L1 alone is worse than U-Net-none", rule
+    )
     if span is not None:  # MoNuSeg's half of the finding, shown for comparison but not judged here
         text += f" Also observed: {spread}."
     return Finding(
@@ -347,7 +418,7 @@ def _finding3(scores: _Scores, dataset: str, paper: str | None, alpha: float, n_
         )
     verdict, head, pair = _best_verdict(complete, claimed, best, text, alpha, _name)
     rule = _best_rule(alpha)
-    text = _judged(head, verdict, f"{_name(claimed)} is best", rule)
+    text = _judged(head, verdict, scores.match, f"{_name(claimed)} is best", rule)
     return Finding("3", dataset, verdict, text, pair.mean, pair.p_value)
 
 
@@ -378,13 +449,24 @@ def _best_rule(alpha: float) -> str:
     )
 
 
-def _module_finding(results: Results, dataset: str, alpha: float) -> Finding | None:
+def _module_images(results: Results, dataset: str) -> pd.DataFrame:
+    """Per-image rows of the dataset's runs with all skips (every connector, retrained)."""
     images = results.images
-    chosen = images[
+    return images[
         (images["dataset"] == dataset) & (images["skips"] == "1111") & (images["masking"] == RETRAINED)
     ]
-    if chosen["connector"].nunique() < 2 or "uctransnet" not in set(chosen["connector"]):
+
+
+def _has_module_ablation(results: Results, dataset: str) -> bool:
+    """Table 3 is checked when UCTransNet and another connector have all-skips runs."""
+    connectors = set(_module_images(results, dataset)["connector"])
+    return len(connectors) >= 2 and "uctransnet" in connectors
+
+
+def _module_finding(results: Results, dataset: str, alpha: float, match: str) -> Finding | None:
+    if not _has_module_ablation(results, dataset):
         return None
+    chosen = _module_images(results, dataset)
     table = chosen.pivot_table(index="image", columns="connector", values="dice", aggfunc="mean") * POINTS
     means = table.mean().sort_values(ascending=False)
     best = str(means.index[0])
@@ -397,7 +479,7 @@ def _module_finding(results: Results, dataset: str, alpha: float) -> Finding | N
     if missing:
         verdict = NOT_TESTABLE
         head += f"; missing connectors: {', '.join(missing)}"
-    text = _judged(head, verdict, "the full model (uctransnet) is best", _best_rule(alpha))
+    text = _judged(head, verdict, match, "the full model (uctransnet) is best", _best_rule(alpha))
     return Finding("Table 3", dataset, verdict, text, pair.mean, pair.p_value)
 
 
@@ -416,9 +498,19 @@ def findings_markdown(findings: list[Finding], *, alpha: float = ALPHA) -> str:
         *[f"- {rule}" for rule in decision_rules(alpha)],
         "",
     ]
+    protocols = list({f.protocol.label: f.protocol for f in findings if f.protocol is not None}.values())
+    if protocols:
+        lines += ["## Protocol behind the verdicts", "", *_protocol_section(protocols), ""]
     for dataset in dict.fromkeys(f.dataset for f in findings):
         lines.append(f"## {dataset}")
         lines.append("")
-        lines += [f"- {f.text}" for f in findings if f.dataset == dataset]
-        lines.append("")
+        mine = {
+            f.protocol.label: f.protocol for f in findings if f.dataset == dataset and f.protocol is not None
+        }
+        for protocol in mine.values():
+            lines.append(
+                f"Rests on {protocol.label} ({protocol.runs} runs); departures from the paper's "
+                f"protocol: {protocol.departures()}."
+            )
+        lines += ["", *[f"- {f.text}" for f in findings if f.dataset == dataset], ""]
     return "\n".join(lines)

@@ -59,6 +59,16 @@ IMAGE_COLUMNS = (
     "image",
 )
 RUN_LIST_COLUMNS = ("run_name", "run_id", "path", "dataset", "connector", "skips", "seed", "split", "status")
+# config.json settings each done run's row carries, for the protocol the report states beside each verdict
+# (ablation.report.protocol): column -> (section, key). A key the config lacks reads as None.
+PROTOCOL_SETTINGS = {
+    "base_channels": ("model", "base_channels"),
+    "img_size": ("model", "img_size"),
+    "max_epochs": ("train", "max_epochs"),
+    "patience": ("train", "patience"),
+    "precision": ("train", "precision"),
+    "init_from": ("train", "init_from"),
+}
 
 
 @dataclasses.dataclass
@@ -69,7 +79,8 @@ class Results:
         root: the results folder.
         images: one row per run x test image (and per runtime mask x image for test-time masking); columns
             ``IMAGE_COLUMNS`` plus whichever of ``IMAGE_METRICS`` the runs wrote.
-        runs: one row per done run: identity columns, ``path`` and every key of its metrics.json.
+        runs: one row per done run: identity columns, ``path``, every key of its metrics.json and the config
+            settings of :data:`PROTOCOL_SETTINGS`.
         history: concatenated history.csv files (identity columns + epoch, train_loss, val_loss, val_dice, ...).
         failed: failed runs (``status`` "failed", ``error`` and ``epoch`` from status.json) and damaged ones
             (``status`` "damaged": a file of the run cannot be read; ``error`` names it and says why).
@@ -208,7 +219,7 @@ def load_results(results_dir: str | Path) -> Results:
             if problem is not None:
                 failed_rows.append(_run_row(run_dir, identity, "damaged", error=problem))
                 continue
-            run_rows.append({**metrics, **identity, "path": str(run_dir)})
+            run_rows.append({**metrics, **identity, **_read_settings(run_dir), "path": str(run_dir)})
             image_frames.extend(frames)
             history = _read_history(run_dir, identity)
             if history is not None:
@@ -354,6 +365,16 @@ def _read_identity(run_dir: Path) -> dict[str, Any]:
         raise AblationError(f"{run_dir / CONFIG_FILE}: missing key {error.args[0]!r}") from None
     except (ValueError, TypeError, AblationError) as error:
         raise AblationError(f"{run_dir / CONFIG_FILE}: {error}") from None
+
+
+def _read_settings(run_dir: Path) -> dict[str, Any]:
+    """The :data:`PROTOCOL_SETTINGS` of a run from its config.json (already read once as sound)."""
+    config = read_json_table(run_dir / CONFIG_FILE)
+    sections = {name: config.get(name) for name in ("model", "train")}
+    return {
+        column: sections[section].get(key) if isinstance(sections[section], dict) else None
+        for column, (section, key) in PROTOCOL_SETTINGS.items()
+    }
 
 
 def _run_row(run_dir: Path, identity: dict[str, Any], status: str, **extra: Any) -> dict[str, Any]:

@@ -319,6 +319,10 @@ def _readme(results: Results, index: _Index, findings_lines: list[str]) -> str:
         "Dice and IoU are in percent; mean ± std over seeds and folds of per-run mean test scores. The paper's "
         'numbers (secondary sources) appear only in columns labelled "reported".',
         "",
+        "## Protocol behind the verdicts",
+        "",
+        *findings.protocol_lines(results),
+        "",
         "## Findings",
         "",
         *findings_lines,
