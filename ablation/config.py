@@ -25,6 +25,7 @@ CONNECTORS: dict[str, str] = {
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+PACK_CONVS = ("grouped", "per_variant")  # how a fused pack runs its 3x3 convolutions (ablation.models.fused)
 INTERPOLATIONS = ("reference", "bilinear", "bicubic")  # see ablation.data.prepare
 
 
@@ -116,6 +117,12 @@ class TrainConfig:
     eval_batch_size: int = 16
     save_predictions: int = 8  # first N test images' predictions kept for qualitative figures
     test_time_masks: bool = False  # also evaluate a model trained with all skips under all 16 runtime masks
+    # 3x3 convolutions of a fused pack (K >= 2 variants): one grouped convolution ("grouped") or K dense ones,
+    # on K CUDA streams on a GPU ("per_variant"). The same arithmetic up to summation order.
+    pack_conv: str = "grouped"
+    cuda_graphs: bool = (
+        False  # capture the training step (forward, backward, Adam) in a CUDA graph (CUDA only)
+    )
 
     def __post_init__(self) -> None:
         for key in ("max_epochs", "batch_size", "scheduler_t0", "scheduler_t_mult", "checkpoint_every"):
@@ -131,6 +138,10 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise AblationError(
                 f"unknown train.precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
+            )
+        if self.pack_conv not in PACK_CONVS:
+            raise AblationError(
+                f"unknown train.pack_conv {self.pack_conv!r}: choose one of {', '.join(PACK_CONVS)}"
             )
 
 
