@@ -22,17 +22,30 @@ A run folder holds (written in this order; every write is atomic)::
 
 A run is identified by a hash of its resolved config; its folder name is readable and deterministic:
 ``<dataset>_<connector>_<skips>_s<seed>_<split>_<hash8>`` where split is ``official`` or ``r<repeat>f<fold>``.
+
+The writers of the JSON and CSV files live here, so training, the report's synthetic results and the grid's fake
+runs write the same files (the checkpoints and predictions.npz stay with ``ablation.train``):
+
+- ``write_run_config(run_dir, config, env)``: config.json (refuses a folder of another run);
+- ``write_status(run_dir, status, **extra)``: status.json;
+- ``write_history(run_dir, rows)`` (rewrite, e.g. on resume) and ``append_history(run_dir, rows)`` (per epoch):
+  history.csv with the columns ``HISTORY_COLUMNS``;
+- ``write_image_metrics(path, rows)``: test_metrics.csv or masked_metrics.csv, one row per image;
+- ``write_metrics(run_dir, record)``: metrics.json, last (it must hold ``METRICS_KEYS``).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ablation.config import RunConfig, to_dict
 from ablation.errors import AblationError
-from ablation.io import atomic_write_json, read_json_table, stable_hash
+from ablation.io import atomic_write_json, atomic_write_text, read_json_table, stable_hash
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -50,6 +63,7 @@ METRICS_KEYS = tuple(
     "parameters gflops seconds device dice_mean dice_std iou_mean iou_std dice_micro iou_micro hd95_mean".split()
 )
 OBJECT_METRICS_KEYS = ("object_f1_mean", "object_dice_mean", "object_hausdorff_mean")
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 
 GRID_FILE = (
     "grid.json"  # names of the runs grids expected in this folder, so `ablation status` can list pending
@@ -57,7 +71,10 @@ GRID_FILE = (
 
 
 # Settings that do not change what is computed (where and how fast), left out of a run's identity.
-_NOT_IDENTITY = {"train": ("eval_batch_size", "compile", "checkpoint_every"), "": ("data_root",)}
+_NOT_IDENTITY = {
+    "train": ("eval_batch_size", "compile", "checkpoint_every", "pack_conv", "cuda_graphs"),
+    "": ("data_root",),
+}
 
 
 def run_id(config: RunConfig) -> str:
@@ -127,7 +144,74 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
 
 
 def write_status(run_dir: str | Path, status: str, **extra: Any) -> None:
+    """status.json: ``{"status": "running" | "done" | "failed: <reason>", **extra}``."""
     atomic_write_json(Path(run_dir) / STATUS_FILE, {"status": status, **extra})
+
+
+def write_run_config(run_dir: str | Path, config: RunConfig, env: Mapping[str, Any]) -> None:
+    """config.json when a run starts: ``run_id``, ``run_name``, the resolved config and ``env``.
+
+    ``env`` records where the run ran (``ablation.io.environment_record()`` plus device, dataset fingerprint and
+    splits). A resumed run keeps its original file.
+
+    Raises:
+        AblationError: the folder's config.json belongs to another run.
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    if path.exists():
+        existing = read_json_table(path).get("run_id")
+        if existing != run_id(config):
+            raise AblationError(
+                f"{path} belongs to run {existing}, not {run_id(config)}: use another output folder"
+            )
+        return
+    atomic_write_json(
+        path, {"run_id": run_id(config), "run_name": run_name(config), **to_dict(config), "env": dict(env)}
+    )
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, header: bool = True) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_history(run_dir: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite history.csv with these rows (``HISTORY_COLUMNS``), e.g. a resumed run's checkpointed epochs."""
+    atomic_write_text(Path(run_dir) / HISTORY_FILE, _csv_text(rows, HISTORY_COLUMNS))
+
+
+def append_history(run_dir: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append epochs to history.csv (its header first when the file is new); once per epoch, not a rewrite.
+
+    An append cut short by a kill can leave a partial last line; resuming rewrites the file from the
+    checkpoint with :func:`write_history`.
+    """
+    path = Path(run_dir) / HISTORY_FILE
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", encoding="utf-8", newline="") as handle:
+        handle.write(_csv_text(rows, HISTORY_COLUMNS, header=new))
+
+
+def write_image_metrics(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """test_metrics.csv, masked_metrics.csv or any per-image table: one row per image, columns of the first row."""
+    columns = list(rows[0]) if rows else ["image"]
+    atomic_write_text(path, _csv_text(rows, columns))
+
+
+def write_metrics(run_dir: str | Path, record: Mapping[str, Any]) -> None:
+    """metrics.json, the run's summary; write it last: a run is done exactly when this file exists.
+
+    Raises:
+        ValueError: ``record`` lacks a key of ``METRICS_KEYS`` (a writer's mistake, not a user's).
+    """
+    missing = [key for key in METRICS_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"metrics.json record lacks {', '.join(missing)}")
+    atomic_write_json(Path(run_dir) / METRICS_FILE, dict(record))
 
 
 def find_runs(results_dir: str | Path) -> list[Path]:

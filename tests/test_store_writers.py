@@ -1,0 +1,52 @@
+"""The run-folder writers of ablation.store (torch-free): what training, report fixtures and fake runs share."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from ablation import store
+from ablation.config import RunConfig
+from ablation.errors import AblationError
+from ablation.io import read_json
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_writers_make_a_done_run_folder(tmp_path: Path) -> None:
+    config = RunConfig(seed=3)
+    run_dir = tmp_path / store.run_name(config)
+    store.write_run_config(run_dir, config, {"device": "cpu"})
+    store.write_run_config(run_dir, config, {"device": "other"})  # a resumed run keeps its original record
+    recorded = read_json(run_dir / store.CONFIG_FILE)
+    assert (
+        recorded["run_id"] == store.run_id(config)
+        and recorded["seed"] == 3
+        and recorded["env"]["device"] == "cpu"
+    )
+    with pytest.raises(AblationError, match="belongs to run"):
+        store.write_run_config(run_dir, RunConfig(seed=4), {})
+
+    epoch = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.6, "val_dice": 0.1, "lr": 1e-3, "seconds": 2.0}
+    store.write_history(run_dir, [])
+    store.append_history(run_dir, [epoch])
+    store.append_history(run_dir, [{**epoch, "epoch": 2}, {**epoch, "epoch": 3}])
+    assert list(_rows(run_dir / store.HISTORY_FILE)[0]) == list(store.HISTORY_COLUMNS)
+    assert [row["epoch"] for row in _rows(run_dir / store.HISTORY_FILE)] == ["1", "2", "3"]
+    store.write_history(run_dir, [epoch])  # resuming from a checkpoint at epoch 1 drops the later rows
+    assert [row["epoch"] for row in _rows(run_dir / store.HISTORY_FILE)] == ["1"]
+
+    store.write_image_metrics(run_dir / store.TEST_METRICS_FILE, [{"image": "a", "dice": 0.5, "iou": 0.3}])
+    store.write_image_metrics(tmp_path / "empty.csv", [])
+    assert (tmp_path / "empty.csv").read_text() == "image\n"
+    metrics = {key: 0 for key in store.METRICS_KEYS}
+    with pytest.raises(ValueError, match="lacks dice_mean"):
+        store.write_metrics(run_dir, {k: v for k, v in metrics.items() if k != "dice_mean"})
+    assert store.run_status(run_dir) == "pending"
+    store.write_metrics(run_dir, {**metrics, "status": "done"})
+    assert store.run_status(run_dir) == "done" and store.done_run_problem(run_dir) is None
