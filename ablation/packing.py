@@ -1,9 +1,9 @@
-"""Which runs can train together as one pack (``ablation.train.packed``), and how many fit. No torch import.
+"""Which runs can train together as one pack (``ablation.train.train_packed``), and how many fit. No torch import.
 
-The grid runner groups pending runs with :func:`group_for_packing`; the packed trainer checks its input with
+The grid runner groups pending runs with :func:`group_for_packing`; the engine checks its input with
 :func:`can_pack`. Runs of a pack share dataset, model settings and training settings; they may differ in seed,
 fold and repeat and, for connectors whose skips can be zeroed without changing the function (``unet``, ``cca``),
-in skip subset.
+in skip subset. So one pack can hold all 16 subsets x 3 seeds of a dataset (48 runs), and runs of different folds.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from ablation.store import run_id
 
 # Connectors whose skips can be zeroed instead of removed without changing the function (no CCT on the skips).
 MASKABLE_CONNECTORS = ("unet", "cca")
-MAX_AUTO_PACK = 16
+MAX_AUTO_PACK = 48  # 16 skip subsets x 3 seeds of one dataset
 
-# Peak training memory per packed variant at base 64, 224 px, batch 4, measured on an H200 with K = 16
-# (results/benchmarks/packed_training_nvidia-h200.md): U-Net 26.6 GiB / 16, UCTransNet 68.3 GiB / 16.
+# Peak training memory per packed variant at base 64, 224 px, batch 4, measured on an H200 with K = 16 and the
+# earlier vmap engine (results/benchmarks/packed_training_nvidia-h200.md): U-Net 26.6 GiB / 16, UCTransNet
+# 68.3 GiB / 16. The fused engine's own figures come from benchmarks/packed_training.py (peak GiB per row).
 _GIB = 1024**3
 _MEASURED_BYTES_PER_VARIANT = {
     "unet": 1.7 * _GIB,

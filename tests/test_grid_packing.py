@@ -16,7 +16,7 @@ from ablation.grid.spec import load_spec
 from ablation.packing import MAX_AUTO_PACK, auto_pack_size, can_pack, estimated_variant_bytes
 from ablation.store import run_name, run_status
 
-pytest.importorskip("ablation.train.packed", reason="the packed trainer is not part of this build")
+pytest.importorskip("ablation.train.engine", reason="the packed trainer is not part of this build")
 
 GIB = 1024**3
 
@@ -81,7 +81,7 @@ def test_spec_pack_size_accepts_auto_and_integers(tmp_path: Path) -> None:
 def test_grid_trains_a_packed_unit_and_writes_every_run(tmp_path: Path, monkeypatch) -> None:
     import torch
 
-    import ablation.train.packed as packed
+    import ablation.train.engine as packed
 
     monkeypatch.setattr(torch, "get_num_threads", torch.get_num_threads)  # keep the suite's thread setting
     calls: list[int] = []
@@ -127,8 +127,8 @@ def test_gpus_and_memory_are_read_from_nvidia_smi(tmp_path: Path, monkeypatch) -
     assert gpu_memory_bytes(["0"]) == 143771 * 1024**2
     assert gpu_memory_bytes(["0", "GPU-bbb"]) == 81559 * 1024**2  # the smallest card decides
     big = dataclasses.replace(_config(), model=ModelConfig(connector="unet", base_channels=64, img_size=224))
-    # 0.7 * 81559 MiB / 1.7 GiB per U-Net variant -> 32, capped at 16; UCTransNet (4.3 GiB) -> 12.
-    assert resolve_pack_size(None, [big], "local", gpus=["1"]) == MAX_AUTO_PACK
+    # 0.7 * 81559 MiB / 1.7 GiB per U-Net variant -> 32 (below the cap of 48); UCTransNet (4.3 GiB) -> 12.
+    assert resolve_pack_size(None, [big], "local", gpus=["1"]) == 32 < MAX_AUTO_PACK
     ctrans = dataclasses.replace(big, model=dataclasses.replace(big.model, connector="uctransnet"))
     assert resolve_pack_size(None, [ctrans], "local", gpus=["1"]) == 12
     assert resolve_pack_size(None, [ctrans], "ray", gpus=["1"]) == 1

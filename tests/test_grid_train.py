@@ -17,7 +17,7 @@ from ablation.grid import expand_spec, grid_status, run_grid
 from ablation.grid.locks import LOCK_FILE
 from ablation.store import MASKED_METRICS_FILE, METRICS_FILE, read_status, run_name
 
-pytest.importorskip("ablation.train.loop", reason="the training module is not part of this build")
+pytest.importorskip("ablation.train.engine", reason="the training module is not part of this build")
 
 TINY_TOML = """
 datasets = ["synthetic-nuclei"]

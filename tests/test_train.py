@@ -13,12 +13,15 @@ import torch
 from ablation import store
 from ablation.cli import main
 from ablation.config import ModelConfig, RunConfig, TrainConfig
+from ablation.errors import AblationError
 from ablation.io import read_json
-from ablation.train import loop
-from ablation.train.loop import RunFailed, train_run
+from ablation.train import engine, pack, run_folder
+from ablation.train.engine import RunFailed, train_run
 from ablation.train.metrics import dice_iou, hd95, object_metrics
 
 METRICS_KEYS = (*store.METRICS_KEYS, *store.OBJECT_METRICS_KEYS)  # synthetic data has instance ids
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -53,11 +56,16 @@ def _best_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, Path, dict]:
     """A 3-epoch UCTransNet run with test-time masks, shared by the tests below."""
     cache = tmp_path_factory.getbasetemp() / "cache"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ABLATION_CACHE", str(cache))
-        config = tiny_config(connector="uctransnet", test_time_masks=True)
-        run_dir = tmp_path_factory.mktemp("runs") / store.run_name(config)
-        return config, run_dir, train_run(config, run_dir, device="cpu", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as one_torch_thread, which a module-scoped fixture cannot use
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("ABLATION_CACHE", str(cache))
+            config = tiny_config(connector="uctransnet", test_time_masks=True)
+            run_dir = tmp_path_factory.mktemp("runs") / store.run_name(config)
+            return config, run_dir, train_run(config, run_dir, device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_tiny_run_writes_every_file(reference_run: tuple[RunConfig, Path, dict]) -> None:
@@ -116,7 +124,9 @@ def test_test_metrics_match_an_independent_computation(reference_run: tuple[RunC
 
 def test_finished_run_is_not_retrained(reference_run: tuple[RunConfig, Path, dict], monkeypatch) -> None:
     config, run_dir, metrics = reference_run
-    monkeypatch.setattr(loop, "_train", lambda *a, **k: pytest.fail("a done run must not train again"))
+    monkeypatch.setattr(
+        engine, "_train_pending", lambda *a, **k: pytest.fail("a done run must not train again")
+    )
     assert train_run(config, run_dir, device="cpu", progress=False) == metrics
 
 
@@ -136,7 +146,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path, monk
 
     # Kill the second run during epoch 3's validation: the last checkpoint is from epoch 2, so the resumed run
     # has to redo epoch 3 from the saved RNG, optimiser, scheduler and data-generator states.
-    real_validate, calls = loop.validate, []
+    real_validate, calls = pack.Pack.validate, []
 
     def crashing_validate(*args, **kwargs):
         calls.append(1)
@@ -144,12 +154,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path, monk
             raise RuntimeError("simulated crash")
         return real_validate(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "validate", crashing_validate)
+    monkeypatch.setattr(pack.Pack, "validate", crashing_validate)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_run(config, tmp_path / "split", device="cpu", progress=False)
     assert store.run_status(tmp_path / "split") == "failed"
     assert torch.load(tmp_path / "split" / store.LAST_CHECKPOINT, weights_only=True)["epoch"] == 2
-    monkeypatch.setattr(loop, "validate", real_validate)
+    monkeypatch.setattr(pack.Pack, "validate", real_validate)
     resumed = train_run(config, tmp_path / "split", device="cpu", progress=False)
 
     assert _without_time(resumed) == _without_time(uninterrupted)
@@ -161,14 +171,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path, monk
 def test_resume_refuses_a_folder_of_another_run(tmp_path: Path) -> None:
     train_run(tiny_config(seed=4, max_epochs=1), tmp_path / "run", device="cpu", progress=False)
     (tmp_path / "run" / store.METRICS_FILE).unlink()
-    with pytest.raises(loop.AblationError, match="belongs to run"):
+    with pytest.raises(AblationError, match="belongs to run"):
         train_run(tiny_config(seed=5, max_epochs=1), tmp_path / "run", device="cpu", progress=False)
 
     # A damaged checkpoint_last.pt: one line naming the file and the way out, not torch's multi-line text.
     checkpoint = tmp_path / "run" / store.LAST_CHECKPOINT
     for junk in (bytes(range(7, 256)) * 8, b"hello\n"):
         checkpoint.write_bytes(junk)
-        with pytest.raises(loop.AblationError) as caught:
+        with pytest.raises(AblationError) as caught:
             train_run(tiny_config(seed=4, max_epochs=1), tmp_path / "run", device="cpu", progress=False)
         message = str(caught.value)
         assert message.startswith(f"cannot read checkpoint {checkpoint}: not a PyTorch checkpoint (")
@@ -186,15 +196,15 @@ def test_resume_after_a_crash_in_the_test_evaluation(tmp_path: Path, monkeypatch
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("crash")
 
-    real_evaluate = loop.evaluate_test
-    monkeypatch.setattr(loop, "evaluate_test", crash)
+    real_score = run_folder.score_test
+    monkeypatch.setattr(run_folder, "score_test", crash)
     with pytest.raises(RuntimeError, match="crash"):
         train_run(config, tmp_path / "split", device="cpu", progress=False)
     saved = torch.load(tmp_path / "split" / store.LAST_CHECKPOINT, weights_only=True)
     assert saved["epoch"] == whole["epochs_run"] and not (tmp_path / "split" / store.METRICS_FILE).exists()
 
-    monkeypatch.setattr(loop, "evaluate_test", real_evaluate)
-    monkeypatch.setattr(loop, "_train_epoch", lambda *a, **k: pytest.fail("nothing is left to train"))
+    monkeypatch.setattr(run_folder, "score_test", real_score)
+    monkeypatch.setattr(engine, "train_epoch", lambda *a, **k: pytest.fail("nothing is left to train"))
     resumed = train_run(config, tmp_path / "split", device="cpu", progress=False)
     assert _without_time(resumed) == _without_time(whole)
     assert _history(tmp_path / "split") == _history(tmp_path / "whole")
@@ -205,31 +215,33 @@ def test_model_settings_the_data_cannot_train_are_refused(tmp_path: Path, key: s
     config = tiny_config()
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, **{key: value}))
     required = {"in_channels": 3, "num_classes": 1}[key]
-    with pytest.raises(loop.AblationError, match=f"'model.{key}' must be {required} for training"):
+    with pytest.raises(AblationError, match=f"'model.{key}' must be {required} for training"):
         train_run(config, tmp_path / "run", device="cpu", progress=False)
     assert not (tmp_path / "run").exists()
 
 
 def test_finished_run_still_checks_the_device(reference_run: tuple[RunConfig, Path, dict]) -> None:
     config, run_dir, _ = reference_run
-    with pytest.raises(loop.AblationError, match="unknown device 'foo'"):
+    with pytest.raises(AblationError, match="unknown device 'foo'"):
         train_run(config, run_dir, device="foo", progress=False)
     if not torch.cuda.is_available():
-        with pytest.raises(loop.AblationError, match="CUDA is not available"):
+        with pytest.raises(AblationError, match="CUDA is not available"):
             train_run(config, run_dir, device="cuda", progress=False)
 
 
 def test_non_finite_loss_fails_the_run(tmp_path: Path, monkeypatch) -> None:
-    real_loss = loop.segmentation_loss
+    real_loss = pack.segmentation_loss
 
     def nan_after_first_epoch(logits, targets, *args, **kwargs):
         loss = real_loss(logits, targets, *args, **kwargs)
-        return loss * float("nan") if len(read_history) else loss
+        return loss * float("nan") if len(epochs) else loss
 
-    read_history: list[int] = []
-    real_write = loop.write_history
-    monkeypatch.setattr(loop, "write_history", lambda d, h: (read_history.append(1), real_write(d, h)))
-    monkeypatch.setattr(loop, "segmentation_loss", nan_after_first_epoch)
+    epochs: list[int] = []
+    real_append = run_folder.append_history
+    monkeypatch.setattr(
+        run_folder, "append_history", lambda d, rows: (epochs.append(1), real_append(d, rows))
+    )
+    monkeypatch.setattr(pack, "segmentation_loss", nan_after_first_epoch)
     with pytest.raises(RunFailed, match="non-finite loss at epoch 2"):
         train_run(tiny_config(), tmp_path / "run", device="cpu", progress=False)
     status = read_json(tmp_path / "run" / store.STATUS_FILE)

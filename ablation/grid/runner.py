@@ -5,7 +5,7 @@ of the resolved config), so rerunning a grid finds its finished runs by name. A 
 ``metrics.json`` exists; an interrupted run keeps ``checkpoint_last.pt`` and ``train_run`` resumes from it.
 
 Work is scheduled in *units*: a list of runs one worker executes together. A unit of several runs trains as
-one pack (``ablation.train.packed.train_packed``: K variants in one model pass); :func:`plan_units` groups runs
+one pack (``ablation.train.train_packed``: K variants in one fused model pass); :func:`plan_units` groups runs
 that can share a pack (:mod:`ablation.packing`). Each run of a unit is claimed with a lock file
 (:mod:`ablation.grid.locks`) before it starts, so concurrent runners on one folder split the work. No torch import
 here: worker processes import it after pinning their GPU.
@@ -296,7 +296,7 @@ def _execute_pack(
             ):  # an atomic write cut short by a kill; we own the folder now
                 leftover.unlink(missing_ok=True)
         try:
-            from ablation.train.packed import train_packed
+            from ablation.train import train_packed
 
             train_packed(claimed, dirs, device=device, progress=progress)
         except Exception as error:  # noqa: BLE001 - a failing pack fails its runs, not the grid

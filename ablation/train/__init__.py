@@ -1,6 +1,7 @@
-"""Training and evaluation of one run (UCTransNet protocol, Wang et al., AAAI 2022). See docs/training.md.
+"""Training and evaluation (UCTransNet protocol, Wang et al., AAAI 2022). See docs/training.md and docs/packed.md.
 
-Public API: :func:`train_run`, :class:`RunFailed`, :func:`evaluate_checkpoint`; metrics in
+Public API: :func:`train_run` (one run), :func:`train_packed` (K runs as one fused pack), :class:`RunFailed`,
+:func:`evaluate_checkpoint`; metrics in
 :mod:`ablation.train.metrics` (numpy/scipy only). Names resolve lazily so that ``ablation.train.cli`` and
 ``ablation.train.metrics`` import without torch.
 """
@@ -11,8 +12,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "train_run": "ablation.train.loop",
-    "RunFailed": "ablation.train.loop",
+    "train_run": "ablation.train.engine",
+    "train_packed": "ablation.train.engine",
+    "RunFailed": "ablation.train.engine",
     "evaluate_checkpoint": "ablation.train.evaluate",
 }
 

@@ -126,7 +126,7 @@ def build_run_config(args: argparse.Namespace) -> Any:
 
 def _train(args: argparse.Namespace) -> int:
     from ablation.store import run_name
-    from ablation.train.loop import train_run
+    from ablation.train import train_run
 
     config = build_run_config(args)
     run_dir = args.out / run_name(config)

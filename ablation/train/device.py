@@ -81,11 +81,14 @@ def setup_device(
     )
 
 
-def autocast(setup: DeviceSetup) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the run's device, or a no-op context for fp32."""
+def autocast(setup: DeviceSetup, *, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the run's device, or a no-op context for fp32.
+
+    ``cache=False`` while a CUDA graph is captured: cached weight casts must not outlive the capture.
+    """
     if setup.dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=setup.device.type, dtype=setup.dtype)
+    return torch.autocast(device_type=setup.device.type, dtype=setup.dtype, cache_enabled=cache)
 
 
 def to_memory_format(tensor_or_module, setup: DeviceSetup):  # type: ignore[no-untyped-def]

@@ -7,7 +7,6 @@ mean/std normalisation; the reference code reads images with OpenCV, so its rele
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import math
@@ -18,9 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ablation.config import RunConfig
+from ablation.config import RunConfig, TrainConfig
 from ablation.errors import AblationError
-from ablation.io import atomic_write_bytes, atomic_write_text
+from ablation.io import atomic_write_bytes
+from ablation.skips import ALL_SUBSETS
+from ablation.store import write_image_metrics
 from ablation.train.device import DeviceSetup, autocast, setup_device, to_memory_format
 from ablation.train.metrics import evaluate_predictions
 
@@ -79,13 +80,31 @@ def predict_masks(
     return torch.cat(outputs).cpu().numpy()
 
 
-def write_metrics_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write metric rows (dicts with the same keys) as CSV, atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["image"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+def score_test(
+    model: torch.nn.Module, test: Any, setup: DeviceSetup, cfg: TrainConfig
+) -> tuple[list[dict[str, Any]], dict[str, float], np.ndarray, list[dict[str, Any]] | None]:
+    """Score a trained network on a test split (a PreparedSplit).
+
+    Returns:
+        ``(rows, summary, predictions, masked_rows)``: per-image metric rows and their summary
+        (:func:`ablation.train.metrics.evaluate_predictions`), the ``(N, H, W)`` uint8 predictions and, with
+        ``cfg.test_time_masks`` and a model trained with all four skips, the rows under each of the 16 runtime
+        masks (column ``eval_skips`` first), else None.
+    """
+    options = {"batch_size": cfg.eval_batch_size, "threshold": cfg.threshold}
+    preds = predict_masks(model, test.images, setup, **options)
+    rows, summary = evaluate_predictions(preds, test.masks, test.instances, names=list(test.names))
+    masked_rows = None
+    # Runtime masking only makes sense for a model that was trained with every skip (see ARCHITECTURE.md).
+    if cfg.test_time_masks and getattr(model, "skips", None) == "1111":
+        masked_rows = []
+        for spec in ALL_SUBSETS:
+            model.set_test_time_mask(spec)
+            masked = predict_masks(model, test.images, setup, **options)
+            spec_rows, _ = evaluate_predictions(masked, test.masks, test.instances, names=list(test.names))
+            masked_rows += [{"eval_skips": spec, **row} for row in spec_rows]
+        model.set_test_time_mask(None)
+    return rows, summary, preds, masked_rows
 
 
 def write_predictions(
@@ -241,5 +260,5 @@ def evaluate_checkpoint(
     preds = predict_masks(model, data.images, setup, batch_size=batch_size, threshold=threshold, bgr=bgr)
     rows, summary = evaluate_predictions(preds, data.masks, data.instances, names=list(data.names))
     if out_csv is not None:
-        write_metrics_csv(out_csv, rows)
+        write_image_metrics(out_csv, rows)
     return rows, summary

@@ -27,15 +27,17 @@ def balanced_bce_with_logits(
     """Half the mean BCE over foreground pixels plus half over background pixels.
 
     Args:
-        logits: (B, 1, H, W) raw model outputs.
-        targets: (B, 1, H, W) float masks in {0, 1}.
-        per_image: pool the pixels of each image separately and return (B,) values; by default the whole
-            batch is pooled, as in the reference code, and a scalar returned.
+        logits: (..., B, 1, H, W) raw model outputs; leading axes (e.g. the K variants of a pack) are kept.
+        targets: (..., B, 1, H, W) float masks in {0, 1}.
+        per_image: pool the pixels of each image separately and return (..., B) values; by default the whole
+            batch is pooled, as in the reference code, and (...) returned (a scalar for 4-D inputs).
     """
-    per_pixel = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").flatten(1)  # (B, H*W)
-    positive = (targets > 0.5).to(per_pixel.dtype).flatten(1)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").flatten(
+        -3
+    )  # (..., B, P)
+    positive = (targets > 0.5).to(per_pixel.dtype).flatten(-3)
     negative = 1.0 - positive
-    dims = (1,) if per_image else (0, 1)
+    dims = (-1,) if per_image else (-2, -1)
     # The reference adds 1e-12 to each count so a batch without foreground (or background) does not divide by 0.
     positive_term = (per_pixel * positive).sum(dims) / (positive.sum(dims) + 1e-12)
     negative_term = (per_pixel * negative).sum(dims) / (negative.sum(dims) + 1e-12)
@@ -43,18 +45,18 @@ def balanced_bce_with_logits(
 
 
 def soft_dice_loss(logits: torch.Tensor, targets: torch.Tensor, *, per_image: bool = False) -> torch.Tensor:
-    """Per-image squared soft Dice loss, averaged over the batch (or (B,) values with ``per_image``).
+    """Per-image squared soft Dice loss, averaged over the batch (or (..., B) values with ``per_image``).
 
     Args:
-        logits: (B, 1, H, W) raw model outputs.
-        targets: (B, 1, H, W) float masks in {0, 1}.
+        logits: (..., B, 1, H, W) raw model outputs.
+        targets: (..., B, 1, H, W) float masks in {0, 1}.
     """
-    probs = PIXEL_WEIGHT * torch.sigmoid(logits).flatten(1)  # (B, H*W)
-    truth = PIXEL_WEIGHT * targets.flatten(1)
-    intersection = (probs * truth).sum(1)
-    denominator = (probs * probs).sum(1) + (truth * truth).sum(1)
-    loss = 1.0 - (2.0 * intersection + SMOOTH) / (denominator + SMOOTH)  # (B,)
-    return loss if per_image else loss.mean()
+    probs = PIXEL_WEIGHT * torch.sigmoid(logits).flatten(-3)  # (..., B, P)
+    truth = PIXEL_WEIGHT * targets.flatten(-3)
+    intersection = (probs * truth).sum(-1)
+    denominator = (probs * probs).sum(-1) + (truth * truth).sum(-1)
+    loss = 1.0 - (2.0 * intersection + SMOOTH) / (denominator + SMOOTH)  # (..., B)
+    return loss if per_image else loss.mean(-1)
 
 
 def segmentation_loss(
@@ -63,14 +65,14 @@ def segmentation_loss(
     """``bce_weight * BCE + (1 - bce_weight) * soft Dice``, computed in fp32 whatever the autocast dtype.
 
     Args:
-        logits: (B, 1, H, W) raw model outputs (any float dtype).
-        targets: (B, 1, H, W) masks in {0, 1} (any dtype).
+        logits: (..., B, 1, H, W) raw model outputs (any float dtype); a pack's are (K, B, 1, H, W).
+        targets: (..., B, 1, H, W) masks in {0, 1} (any dtype).
         bce_weight: weight of the BCE term (the paper: 0.5).
-        per_image: return (B,) per-image losses (validation uses these so its loss does not depend on the
-            evaluation batch size); by default the reference's batch loss, a scalar.
+        per_image: return (..., B) per-image losses (validation uses these so its loss does not depend on the
+            evaluation batch size); by default the reference's batch loss, (...) (a scalar for one model).
 
     Returns:
-        A scalar (or (B,)) tensor on the logits' device.
+        A (...) (or (..., B)) tensor on the logits' device: for a pack, one loss per variant.
     """
     logits = logits.float()
     targets = targets.float()

@@ -1,9 +1,7 @@
-"""Packed multi-variant training (issue 7): a pack of K variants equals K separate runs.
+"""train_packed: K runs trained as one fused pack write the run folders they would write alone.
 
-The step-level test uses its own plain reference loop (K networks from ``build_model`` with their structural skips,
-K Adams, the same batches), so it does not depend on the single-run loop. It runs in float64: Adam divides each
-gradient coordinate by its own magnitude, so coordinates whose true gradient is zero (conv biases before
-BatchNorm) move by up to lr on float32 rounding noise alone; in float64 that noise sits far below Adam's eps.
+The step-level equivalence of a fused pack and separate runs is in test_fused.py; here the engine around it:
+run folders, per-run early stopping and slicing, resume after a kill, failure isolation, grouping.
 """
 
 from __future__ import annotations
@@ -21,117 +19,15 @@ from ablation.errors import AblationError
 from ablation.io import read_json
 from ablation.models import build_model
 from ablation.packing import can_pack, group_for_packing
-from ablation.train.device import setup_device
-from ablation.train.loop import train_run
-from ablation.train.losses import segmentation_loss
-from ablation.train.packed import ModelPack, train_packed
+from ablation.train import engine, run_folder
+from ablation.train.engine import train_packed, train_run
 
-CASES = {
-    "unet": ["1111", "1010", "0000"],  # different skip subsets in one pack: masked = removed
-    "cca": ["1111", "0101", "0110"],
-    "uctransnet": ["1011", "1011", "1011"],  # CCT: one subset per pack, different seeds
-}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ABLATION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-def _model_config(connector: str, skips: str) -> ModelConfig:
-    # No dropout, so the comparison is deterministic (CCT dropout masks are drawn per pack, not per variant).
-    return ModelConfig(
-        connector=connector,
-        skips=skips,
-        base_channels=4,
-        img_size=32,
-        embedding_dropout=0.0,
-        attention_dropout=0.0,
-    )
-
-
-def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
-
-
-@pytest.mark.parametrize("connector", list(CASES))
-def test_pack_steps_equal_separate_runs(connector: str) -> None:
-    configs = [_model_config(connector, skips) for skips in CASES[connector]]
-    packed_models, references = [], []
-    for seed, config in enumerate(configs):
-        torch.manual_seed(seed)
-        packed_models.append(build_model(config).double())
-        torch.manual_seed(seed)
-        references.append(build_model(config).double())
-    setup = setup_device("cpu")
-    train = TrainConfig()
-    pack = ModelPack(packed_models, configs, setup=setup, train=train)
-    optimizers = [torch.optim.Adam(m.parameters(), lr=train.lr) for m in references]
-    generator = torch.Generator().manual_seed(0)
-    for step in range(3):
-        images = torch.rand(3, 2, 3, 32, 32, generator=generator, dtype=torch.float64)
-        masks = (torch.rand(3, 2, 1, 32, 32, generator=generator) > 0.7).double()
-        losses = pack.losses(images, masks)
-        pack.optimizer.zero_grad()
-        losses.sum().backward()
-        for k, (model, optimizer) in enumerate(zip(references, optimizers)):
-            model.train()
-            loss = segmentation_loss(model(images[k]), masks[k])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            assert losses[k].item() == pytest.approx(loss.item(), abs=1e-6)
-            for name, param in model.named_parameters():  # the pack's gradient restricted to this variant
-                packed_grad = pack.restrict(k, name, pack.params[name].grad[k])
-                torch.testing.assert_close(
-                    packed_grad, param.grad, rtol=1e-4, atol=1e-5, msg=f"{step} {k} {name}"
-                )
-        pack.optimizer.step()
-
-    for k, (config, reference) in enumerate(zip(configs, references)):
-        exported = pack.export(k, build_model(config).double())
-        expected = _tensors(reference)
-        for name, tensor in _tensors(exported).items():  # parameters and BatchNorm statistics
-            torch.testing.assert_close(tensor, expected[name], rtol=0, atol=2e-5, msg=f"variant {k}: {name}")
-
-    # The weights that read a zeroed skip got exactly zero gradient and stayed exactly zero under Adam.
-    masked_parts = 0
-    for name, stacked in pack.params.items():
-        for k in range(pack.size):
-            where = pack._layouts[k][name]
-            if isinstance(where, slice):
-                keep = torch.zeros(stacked.shape[2], dtype=torch.bool)
-                keep[where] = True
-                assert torch.count_nonzero(stacked[k][:, ~keep]) == 0, name
-                assert torch.count_nonzero(stacked.grad[k][:, ~keep]) == 0, name
-                masked_parts += 1
-    assert masked_parts == (0 if connector == "uctransnet" else 6 if connector == "unet" else 4)
-
-
-def test_dropping_a_variant_keeps_the_others() -> None:
-    configs = [_model_config("unet", skips) for skips in ("1111", "0011", "1100")]
-    torch.manual_seed(0)
-    pack = ModelPack(
-        [build_model(c) for c in configs], configs, setup=setup_device("cpu"), train=TrainConfig()
-    )
-    images, masks = torch.rand(3, 2, 3, 32, 32), (torch.rand(3, 2, 1, 32, 32) > 0.5).float()
-    pack.step(images, masks)
-    before = {k: pack.export(k, build_model(configs[k])).state_dict() for k in (0, 2)}
-    moments = {name: pack.optimizer.state[p]["exp_avg"][[0, 2]].clone() for name, p in pack.params.items()}
-    pack.select([0, 2])
-    assert pack.size == 2 and pack.variant_skips == ["1111", "1100"]
-    for new_k, old_k in enumerate((0, 2)):
-        after = pack.export(new_k, build_model(configs[old_k])).state_dict()
-        assert all(torch.equal(after[key], before[old_k][key]) for key in after)
-    for name, param in pack.params.items():
-        torch.testing.assert_close(pack.optimizer.state[param]["exp_avg"], moments[name])
-    assert torch.isfinite(pack.step(images[[0, 2]], masks[[0, 2]])).all()
-
-
-def test_mixed_subsets_refused_for_cct() -> None:
-    configs = [_model_config("uctransnet", skips) for skips in ("1111", "1011")]
-    with pytest.raises(AblationError, match="same skip subset"):
-        ModelPack([build_model(c) for c in configs], configs, setup=setup_device("cpu"), train=TrainConfig())
 
 
 def _run_config(seed: int, skips: str, connector: str = "unet", **train: object) -> RunConfig:
@@ -216,69 +112,79 @@ def test_train_packed_writes_run_folders_like_train_run(tmp_path: Path) -> None:
     assert finished["dice_mean"] == pytest.approx(results[full]["dice_mean"]) and finished["epochs_run"] == 4
 
 
-def test_resume_continues_from_variant_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ablation.train import packed
-
-    configs = [_run_config(seed, "1111", max_epochs=3) for seed in (3, 4)]
+def test_resume_after_a_kill_equals_the_uninterrupted_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configs = [
+        _run_config(seed, skips, max_epochs=3) for seed, skips in ((3, "1111"), (4, "0101"), (5, "0000"))
+    ]
     whole = train_packed(
-        configs, [tmp_path / "whole" / str(i) for i in range(2)], device="cpu", progress=False
+        configs, [tmp_path / "whole" / str(i) for i in range(3)], device="cpu", progress=False
     )
 
-    real_finish, calls = packed._end_epoch, []
+    real_end_epoch, calls = engine.end_epoch, []
 
     def crash_in_epoch_three(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 5:  # epoch 3 of the first variant; checkpoints exist from epoch 2
+        done = real_end_epoch(*args, **kwargs)
+        if len(calls) == 7:  # epoch 3 of the first run, recorded; checkpoints exist from epoch 2
             raise RuntimeError("simulated crash")
-        return real_finish(*args, **kwargs)
+        return done
 
-    dirs = [tmp_path / "split" / str(i) for i in range(2)]
-    monkeypatch.setattr(packed, "_end_epoch", crash_in_epoch_three)
+    dirs = [tmp_path / "split" / str(i) for i in range(3)]
+    monkeypatch.setattr(engine, "end_epoch", crash_in_epoch_three)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_packed(configs, dirs, device="cpu", progress=False)
     assert all(store.run_status(d) == "failed" for d in dirs)
-    monkeypatch.setattr(packed, "_end_epoch", real_finish)
+    assert len(_history(dirs[0])) == 3  # epoch 3 was appended before the crash: resuming must redo it
+    monkeypatch.setattr(engine, "end_epoch", real_end_epoch)
     resumed = train_packed(configs, dirs, device="cpu", progress=False)
-    for before, after in zip(whole, resumed):
-        assert after["epochs_run"] == before["epochs_run"] == 3
-        assert after["dice_mean"] == pytest.approx(before["dice_mean"], abs=1e-6)
-    assert _history(dirs[0])[-1]["train_loss"] == pytest.approx(
-        _history(tmp_path / "whole" / "0")[-1]["train_loss"]
-    )
+    for index, (before, after) in enumerate(zip(whole, resumed)):
+        assert {k: v for k, v in after.items() if k != "seconds"} == {
+            k: v for k, v in before.items() if k != "seconds"
+        }
+        rows = [{k: v for k, v in row.items() if k != "seconds"} for row in _history(dirs[index])]
+        assert rows == [
+            {k: v for k, v in row.items() if k != "seconds"}
+            for row in _history(tmp_path / "whole" / str(index))
+        ]
+        best = torch.load(dirs[index] / store.BEST_CHECKPOINT, weights_only=True)["model"]
+        expected = torch.load(tmp_path / "whole" / str(index) / store.BEST_CHECKPOINT, weights_only=True)[
+            "model"
+        ]
+        assert all(torch.equal(best[key], expected[key]) for key in expected)
 
 
 def test_resume_finishes_variants_that_crashed_after_their_last_epoch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A variant with its final epoch in checkpoint_last.pt but no metrics.json is finished on resume."""
-    from ablation.train import loop, packed
-
     configs = [_run_config(seed, "1111", max_epochs=2) for seed in (7, 8)]
     whole = train_packed(
         configs, [tmp_path / "whole" / str(i) for i in range(2)], device="cpu", progress=False
     )
 
-    real_evaluate = loop.evaluate_test
+    real_score = run_folder.score_test
 
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated crash")
 
     # The first variant's test evaluation crashes after its epoch-2 checkpoint; the second stops at epoch 1.
     dirs = [tmp_path / "split" / str(i) for i in range(2)]
-    monkeypatch.setattr(loop, "evaluate_test", crash)
+    monkeypatch.setattr(run_folder, "score_test", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_packed(configs, dirs, device="cpu", progress=False)
     assert torch.load(dirs[0] / store.LAST_CHECKPOINT, weights_only=True)["epoch"] == 2
     assert not any((d / store.METRICS_FILE).exists() for d in dirs)
 
-    monkeypatch.setattr(loop, "evaluate_test", real_evaluate)
-    real_end_epoch, trained = packed._end_epoch, []
+    monkeypatch.setattr(run_folder, "score_test", real_score)
+    real_end_epoch, trained = engine.end_epoch, []
 
     def counting_end_epoch(variant, *args, **kwargs):
         trained.append(variant.position)
         return real_end_epoch(variant, *args, **kwargs)
 
-    monkeypatch.setattr(packed, "_end_epoch", counting_end_epoch)
+    monkeypatch.setattr(engine, "end_epoch", counting_end_epoch)
     resumed = train_packed(configs, dirs, device="cpu", progress=False)
     assert 0 not in trained and trained.count(1) == 2  # only the second variant trains its two epochs
     for before, after, run_dir in zip(whole, resumed, dirs):
@@ -288,9 +194,7 @@ def test_resume_finishes_variants_that_crashed_after_their_last_epoch(
 
 
 def test_non_finite_variant_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ablation.train import packed
-
-    real_epoch = packed._train_epoch
+    real_epoch = engine.train_epoch
 
     def nan_for_second_variant(pack, *args, **kwargs):
         losses = real_epoch(pack, *args, **kwargs)
@@ -298,7 +202,7 @@ def test_non_finite_variant_fails_alone(tmp_path: Path, monkeypatch: pytest.Monk
             losses = losses * torch.tensor([1.0, float("nan")])
         return losses
 
-    monkeypatch.setattr(packed, "_train_epoch", nan_for_second_variant)
+    monkeypatch.setattr(engine, "train_epoch", nan_for_second_variant)
     configs = [_run_config(5, "1111", max_epochs=2), _run_config(6, "0110", max_epochs=2)]
     dirs = [tmp_path / "a", tmp_path / "b"]
     results = train_packed(configs, dirs, device="cpu", progress=False)

@@ -1,0 +1,147 @@
+"""A run's checkpoints: ``checkpoint_last.pt`` (resume exactly) and ``checkpoint_best.pt`` (the selected model).
+
+Both are plain dicts of tensors and Python values, written atomically and read back with
+``torch.load(weights_only=True)`` (:func:`ablation.models.reference.read_checkpoint`). Weights are always in the
+run's own structural layout, whether the run trained alone or in a fused pack, so ``build_model(config.model)``
+loads them and a run can resume alone or in a pack from either.
+
+``checkpoint_last.pt`` holds everything a killed run needs to continue exactly where the checkpoint was taken:
+weights, the Adam state (in ``torch.optim.Adam(model.parameters()).state_dict()`` form), the schedule, the global
+torch RNGs (dropout) and the run's own generator (batch order and augmentation), the early-stopping state with the
+best weights so far, and the history.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ablation.config import RunConfig, to_dict
+from ablation.errors import AblationError
+from ablation.io import atomic_write_bytes
+from ablation.store import run_id
+from ablation.train.device import DeviceSetup
+
+# The early-stopping state of a run, as checkpoint_last.pt holds it (see :func:`new_run_state`).
+STATE_KEYS = ("epoch", "best_dice", "best_epoch", "best_model", "history")
+
+
+def new_run_state() -> dict[str, Any]:
+    """The early-stopping state of a run before its first epoch (the keys of :data:`STATE_KEYS`)."""
+    return {"epoch": 0, "best_dice": -math.inf, "best_epoch": 0, "best_model": None, "history": []}
+
+
+def save_torch(path: Path, obj: dict[str, Any]) -> None:
+    """``torch.save`` into memory first, so the file appears whole (atomic write) or not at all."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
+    """The scheduler's state dict with tensor learning rates (CUDA-graph runs) as floats, so it loads anywhere."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            return float(value)
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        return value
+
+    return {key: plain(value) for key, value in scheduler.state_dict().items()}
+
+
+def save_last_checkpoint(
+    path: Path,
+    config: RunConfig,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    scheduler_state: dict[str, Any],
+    generator: torch.Generator,
+    state: dict[str, Any],
+) -> None:
+    """checkpoint_last.pt: everything to continue after ``state["epoch"]`` exactly as if never stopped.
+
+    Args:
+        path: the checkpoint file.
+        config: the run's configuration (its run id guards against resuming another run).
+        model_state: the run's network's ``state_dict()``.
+        optimizer_state: the run's Adam state in single-network form.
+        scheduler_state: its CosineAnnealingWarmRestarts state (:func:`plain_scheduler_state`).
+        generator: the run's data generator; its state is saved with the global torch RNG states.
+        state: ``epoch``, ``best_dice``, ``best_epoch``, ``best_model``, ``history``.
+    """
+    rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if generator.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(generator.device)
+    save_torch(
+        path,
+        {
+            "run_id": run_id(config),
+            "config": to_dict(config),
+            "model": model_state,
+            "optimizer": optimizer_state,
+            "scheduler": scheduler_state,
+            "rng": rng,
+            **{key: state[key] for key in STATE_KEYS},
+        },
+    )
+
+
+def load_last_checkpoint(
+    path: Path, config: RunConfig, model: torch.nn.Module, generator: torch.Generator, setup: DeviceSetup
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Restore a checkpoint_last.pt into the model, the global torch RNGs and the run's data generator.
+
+    Returns:
+        The early-stopping state (:data:`STATE_KEYS`), the optimiser's state dict (single-network form) and the
+        scheduler's state dict.
+
+    Raises:
+        AblationError: an unreadable checkpoint, one of another run, or weights that do not fit the model.
+    """
+    from ablation.models.reference import read_checkpoint
+    from ablation.train.evaluate import first_state_dict_mismatch
+
+    restart = "delete it to restart the run"
+    try:
+        saved = read_checkpoint(path, map_location=setup.device)
+    except AblationError as error:
+        raise AblationError(f"{error}; {restart}") from None
+    if not isinstance(saved, dict) or "run_id" not in saved:
+        raise AblationError(f"checkpoint {path} is not a checkpoint_last.pt of a run (no run_id); {restart}")
+    if saved["run_id"] != run_id(config):
+        raise AblationError(f"checkpoint {path} belongs to run {saved['run_id']}, not {run_id(config)}")
+    missing = [key for key in ("model", "optimizer", "scheduler", "rng", *STATE_KEYS) if key not in saved]
+    if missing:
+        raise AblationError(f"checkpoint {path} lacks {', '.join(missing)}; {restart}")
+    mismatch = first_state_dict_mismatch(model.state_dict(), saved["model"])
+    if mismatch is not None:
+        raise AblationError(
+            f"checkpoint {path}: its weights do not fit the run's model ({mismatch}); {restart}"
+        )
+    model.load_state_dict(saved["model"])
+    torch.set_rng_state(saved["rng"]["torch"].cpu())
+    generator.set_state(saved["rng"]["generator"].cpu())
+    if setup.is_cuda and "cuda" in saved["rng"]:
+        torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), setup.device)
+    return {key: copy.copy(saved[key]) for key in STATE_KEYS}, saved["optimizer"], saved["scheduler"]
+
+
+def save_best_checkpoint(path: Path, config: RunConfig, state: dict[str, Any]) -> None:
+    """checkpoint_best.pt: the best weights, the run config, their epoch and validation Dice."""
+    save_torch(
+        path,
+        {
+            "model": state["best_model"],
+            "config": to_dict(config),
+            "epoch": state["best_epoch"],
+            "val_dice": state["best_dice"],
+            "run_id": run_id(config),
+        },
+    )

@@ -1,0 +1,283 @@
+"""The training engine: K >= 1 runs of the UCTransNet protocol (Wang et al., AAAI 2022) trained in lockstep.
+
+Adam (lr 1e-3) with CosineAnnealingWarmRestarts(T_0=10, T_mult=1, eta_min=1e-4) stepped once per epoch, loss
+0.5 * BCE + 0.5 * soft Dice (:mod:`ablation.train.losses`), early stopping on the validation Dice with patience 50,
+the best model kept only after epoch 5, then the best model scored on the test set (:mod:`ablation.train.metrics`).
+Every number is a :class:`ablation.config.TrainConfig` field.
+
+:func:`train_run` is the engine with one run, whose network is its own ``build_model`` network; with several runs
+(:func:`train_packed`) the network is a fused pack (:class:`ablation.train.pack.Pack`). Either way there is one
+epoch loop, one step, one way to report a failed run and one place that writes a run folder
+(:mod:`ablation.train.run_folder`). Each run keeps its own initialisation (``torch.manual_seed(seed)`` then
+``build_model``), its own generator for batch order and augmentation, its own early stopping and its own folder;
+a run that stops (patience, non-finite loss) is written out and sliced out of the pack.
+
+Speed: train splits live on the device as uint8; batches are gathered by index with each run's generator and
+augmented there in one batched resampling; losses accumulate on the device and are read once per epoch, which is
+also when non-finite losses are detected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ablation.config import RunConfig, TrainConfig
+from ablation.errors import AblationError
+from ablation.io import read_json
+from ablation.packing import MASKABLE_CONNECTORS, can_pack
+from ablation.store import CONFIG_FILE, METRICS_FILE, run_name, write_status
+from ablation.train.checkpoint import plain_scheduler_state
+from ablation.train.device import DeviceSetup, determinism, setup_device
+from ablation.train.pack import Pack
+from ablation.train.run_folder import (
+    Variant,
+    check_trainable,
+    end_epoch,
+    finish_variant,
+    has_stopped,
+    prepare_variant,
+    record_non_finite,
+)
+
+
+class RunFailed(AblationError):
+    """A run stopped without a result (e.g. a non-finite loss); its status.json says why."""
+
+
+def train_run(
+    config: RunConfig, out_dir: str | Path, *, device: str | torch.device | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Train one run, select on validation, score on test; resume from ``checkpoint_last.pt`` when present.
+
+    Args:
+        config: the resolved run configuration.
+        out_dir: the run folder (conventionally ``<results>/<ablation.store.run_name(config)>``).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or None (CUDA when available).
+        progress: show a tqdm bar (epoch, loss, validation Dice).
+
+    Returns:
+        The content of ``metrics.json`` (returned as is when the run is already done).
+
+    Raises:
+        RunFailed: a non-finite loss; ``status.json`` holds ``failed: non-finite loss at epoch E``.
+        AblationError: bad input (unknown dataset, a folder that belongs to another config, ...).
+    """
+    (result,) = train_packed([config], [out_dir], device=device, progress=progress)
+    if result["status"] != "done":
+        raise RunFailed(f"run {Path(out_dir).name}: {result['status'].removeprefix('failed: ')}")
+    return result
+
+
+def train_packed(
+    configs: Sequence[RunConfig],
+    out_dirs: Sequence[str | Path],
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train K runs together; each writes its own run folder, the same files as when trained alone.
+
+    Runs already done are returned as they are. Interrupted runs resume from their own ``checkpoint_last.pt``
+    (written alone or in any pack): runs at the same epoch with train and validation sets of the same size
+    resume as one pack, others as separate packs, one after another.
+
+    Args:
+        configs: the runs; :func:`ablation.packing.can_pack` must accept them.
+        out_dirs: one run folder per config (conventionally ``<results>/<ablation.store.run_name(config)>``).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or None (CUDA when available).
+        progress: a tqdm bar per pack (epoch, runs still training, best validation Dice).
+
+    Returns:
+        Per run, in the given order: the content of its ``metrics.json``, or for a run whose loss became
+        non-finite ``{"status": "failed: non-finite loss at epoch E", "run_id": ..., "run_name": ...}`` (that
+        run's status.json says the same; the others carry on).
+
+    Raises:
+        AblationError: runs that cannot share a pack, a folder that belongs to another run, bad input.
+    """
+    configs = list(configs)
+    out_dirs = [Path(out_dir) for out_dir in out_dirs]
+    if len(configs) != len(out_dirs):
+        raise AblationError(f"train_packed: {len(configs)} configs but {len(out_dirs)} run folders")
+    if len({path.resolve() for path in out_dirs}) != len(out_dirs):
+        raise AblationError("train_packed: two runs of a pack share a run folder")
+    if not can_pack(configs):
+        raise AblationError(
+            "train_packed: these runs cannot share a pack (they must differ only in seed, split and, for "
+            f"{' and '.join(MASKABLE_CONNECTORS)}, skip subset): group them with group_for_packing"
+        )
+    for config in configs:
+        check_trainable(config)
+    cfg = configs[0].train
+    # The device is checked even when every run is done: a wrong device must not pass silently.
+    setup = setup_device(device, precision=cfg.precision, channels_last=cfg.channels_last)
+    results: list[dict[str, Any] | None] = [None] * len(configs)
+    pending = []
+    for position, out_dir in enumerate(out_dirs):
+        if (out_dir / METRICS_FILE).exists():
+            results[position] = read_json(out_dir / METRICS_FILE)
+        else:
+            pending.append(position)
+    if pending:
+        with determinism(cfg.deterministic):
+            _train_pending([(p, configs[p], out_dirs[p]) for p in pending], setup, progress, results)
+    return results  # type: ignore[return-value]
+
+
+def _train_pending(
+    runs: list[tuple[int, RunConfig, Path]],
+    setup: DeviceSetup,
+    progress: bool,
+    results: list[dict[str, Any] | None],
+) -> None:
+    """Prepare every pending run (resuming from its checkpoint), then train them in compatible packs."""
+    from ablation.data import load_prepared
+
+    first = runs[0][1]
+    prepared = load_prepared(
+        first.dataset, img_size=first.model.img_size, data_root=first.data_root,
+        interpolation=first.interpolation,
+    )  # fmt: skip
+    variants: list[Variant] = []
+    on_device: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+    try:
+        for position, config, out_dir in runs:
+            variants.append(prepare_variant(position, config, out_dir, prepared, setup, on_device))
+        packs: dict[tuple[int, int, int], list[Variant]] = {}
+        for variant in variants:
+            done, variant.stopped_early = has_stopped(variant.state, variant.config.train)
+            if done:  # crashed after its last checkpoint but before metrics.json: nothing left to train
+                results[variant.position] = finish_variant(variant, setup)
+                continue
+            key = (variant.train[0].shape[0], variant.val[0].shape[0], variant.state["epoch"])
+            packs.setdefault(key, []).append(variant)
+        for members in packs.values():
+            _train_pack(members, setup, progress, results)
+    except Exception as error:
+        for position, _, out_dir in runs:  # record why they stopped; each stays resumable from its checkpoint
+            if results[position] is None and (out_dir / CONFIG_FILE).exists():
+                write_status(out_dir, f"failed: {type(error).__name__}: {error}")
+        raise
+
+
+def _pack_data(variants: list[Variant]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The runs' train and validation splits as ``[(K, N, 3, H, W) images, (K, N, 1, H, W) masks]`` each.
+
+    Runs of one split share its memory (an expanded view, no copy).
+    """
+
+    def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+        if all(tensor is tensors[0] for tensor in tensors):
+            return tensors[0].expand(len(tensors), *tensors[0].shape)
+        return torch.stack(tensors)
+
+    train = [stack([v.train[i] for v in variants]) for i in (0, 1)]
+    val = [stack([v.val[i] for v in variants]) for i in (0, 1)]
+    return train, val
+
+
+def _train_pack(
+    variants: list[Variant], setup: DeviceSetup, progress: bool, results: list[dict[str, Any] | None]
+) -> None:
+    """Train runs at the same epoch (and split sizes) in lockstep until each stops; write each one out."""
+    cfg = variants[0].config.train
+    pack = Pack([v.model for v in variants], [v.config.model for v in variants], setup=setup, train=cfg)
+    if variants[0].optimizer_state is not None:
+        pack.load_optimizer_states(
+            [v.optimizer_state for v in variants], [v.model for v in variants], variants[0].scheduler_state
+        )
+    start_epoch = variants[0].state["epoch"]
+    name = run_name(variants[0].config) if len(variants) == 1 else f"pack of {len(variants)}"
+    bar = tqdm(total=cfg.max_epochs, initial=start_epoch, desc=name, disable=not progress)
+    train, val = _pack_data(variants)
+    for epoch in range(start_epoch + 1, cfg.max_epochs + 1):
+        epoch_start = time.perf_counter()
+        lr = pack.lr
+        train_losses = train_epoch(pack, *train, [v.generator for v in variants], cfg)
+        pack.scheduler.step()
+        val_losses, val_dice = pack.validate(*val)
+        numbers = torch.stack([train_losses, val_losses, val_dice], dim=1).tolist()  # the epoch's one sync
+        seconds = (time.perf_counter() - epoch_start) / len(variants)  # the epoch's wall time, shared
+        finished = []
+        for k, (variant, (train_loss, val_loss, dice)) in enumerate(zip(variants, numbers)):
+            failure = record_non_finite(variant, epoch, train_loss, val_loss)
+            done = failure is None and end_epoch(
+                variant,
+                (epoch, train_loss, val_loss, dice, lr, seconds),
+                export=lambda k=k, variant=variant: pack.export(k, variant.model),
+                optimizer_states=lambda k=k, variant=variant: (
+                    pack.optimizer_state(k, variant.model),
+                    plain_scheduler_state(pack.scheduler),
+                ),
+            )
+            if failure is not None or done:
+                results[variant.position] = failure or finish_variant(variant, setup)
+                finished.append(k)
+        bar.set_postfix(runs=len(variants) - len(finished), best=max(v.state["best_dice"] for v in variants))
+        bar.update(1)
+        if finished:
+            keep = [k for k in range(len(variants)) if k not in finished]
+            if not keep:
+                break
+            pack.select(keep)
+            variants = [variants[k] for k in keep]
+            train, val = _pack_data(variants)
+    bar.close()
+
+
+def sample_batch(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    index: torch.Tensor,
+    generators: Sequence[torch.Generator] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather each run's batch and augment it with its own generator, as that run alone would.
+
+    Each run's transforms are drawn by ``random_affine(B, generator)`` (the draws ``augment_batch`` makes), then
+    all K * B samples are resampled by one ``apply_affine`` call.
+
+    Args:
+        images: ``uint8 (K, N, 3, H, W)`` train sets on the device.
+        masks: ``uint8 (K, N, 1, H, W)``.
+        index: ``(K, B)`` sample indices per run.
+        generators: the runs' data generators, or None for no augmentation.
+
+    Returns:
+        images ``(K, B, 3, H, W)`` float in [0, 1] and masks ``(K, B, 1, H, W)`` float.
+    """
+    from ablation.data.augment import apply_affine, random_affine
+
+    rows = torch.arange(index.shape[0], device=index.device)[:, None]
+    batch_images, batch_masks = images[rows, index], masks[rows, index]  # (K, B, C, H, W)
+    if generators is None:
+        return batch_images.float().div_(255.0), batch_masks.float()
+    theta = torch.cat([random_affine(index.shape[1], generator) for generator in generators])
+    flat_images, flat_masks = apply_affine(batch_images.flatten(0, 1), batch_masks.flatten(0, 1), theta)
+    return flat_images.unflatten(0, index.shape), flat_masks.unflatten(
+        0, index.shape
+    )  # (K*B, ...) -> (K, B, ...)
+
+
+def train_epoch(
+    pack: Pack, images: torch.Tensor, masks: torch.Tensor, generators: list[torch.Generator], cfg: TrainConfig
+) -> torch.Tensor:
+    """One pass over every run's train set in its own random order; returns the ``(K,)`` mean batch losses.
+
+    Args:
+        images: ``uint8 (K, N, 3, H, W)``; masks: ``uint8 (K, N, 1, H, W)``, on the device.
+    """
+    count, device = images.shape[1], images.device
+    # Each run draws its order, then its augmentations, from its own generator.
+    order = torch.stack([torch.randperm(count, generator=g, device=device) for g in generators])  # (K, N)
+    loss_sum = torch.zeros(len(generators), device=device)
+    for start in range(0, count, cfg.batch_size):
+        index = order[:, start : start + cfg.batch_size]  # (K, B)
+        batch_images, batch_masks = sample_batch(images, masks, index, generators if cfg.augment else None)
+        loss_sum += pack.step(batch_images, batch_masks) * index.shape[1]
+    return loss_sum / count

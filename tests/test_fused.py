@@ -1,0 +1,230 @@
+"""A fused pack of K variants equals K separate runs; a pack of one is the plain training loop bit for bit.
+
+The reference is a plain loop of K networks from ``build_model`` (their structural skips) with K Adams on the
+same batches, independent of the engine. The pack-of-3 comparisons run in float64: Adam divides each gradient
+coordinate by its own magnitude, so coordinates whose true gradient is zero (conv biases before BatchNorm) move
+by up to lr on float32 rounding noise alone; in float64 that noise sits far below Adam's eps.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ablation.config import ModelConfig, TrainConfig
+from ablation.errors import AblationError
+from ablation.models import build_model
+from ablation.models.fused import MASKABLE, FusedUNet
+from ablation.packing import MASKABLE_CONNECTORS
+from ablation.train.device import DeviceSetup, setup_device
+from ablation.train.losses import segmentation_loss
+from ablation.train.pack import Pack
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CASES = {
+    "unet": ["1111", "0101", "0000"],  # different skip subsets in one pack: masked = removed
+    "cca": ["1111", "0101", "0110"],
+    "uctransnet": ["1011", "1011", "1011"],  # CCT: one subset per pack, different seeds
+}
+
+
+def _model_config(connector: str, skips: str) -> ModelConfig:
+    # No dropout, so the comparison is deterministic (a pack draws one CCT dropout mask for all variants).
+    return ModelConfig(
+        connector=connector, skips=skips, base_channels=4, img_size=32, embedding_dropout=0.0,
+        attention_dropout=0.0,
+    )  # fmt: skip
+
+
+def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def _seeded_models(configs: list[ModelConfig], dtype: torch.dtype) -> list[torch.nn.Module]:
+    models = []
+    for seed, config in enumerate(configs):
+        torch.manual_seed(seed)
+        models.append(build_model(config).to(dtype))
+    return models
+
+
+def _batches(count: int, variants: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        (
+            torch.rand(variants, 2, 3, 32, 32, generator=generator, dtype=dtype),
+            (torch.rand(variants, 2, 1, 32, 32, generator=generator) > 0.7).to(dtype),
+        )
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize("connector", list(CASES))
+def test_fused_pack_steps_equal_separate_runs(connector: str) -> None:
+    configs = [_model_config(connector, skips) for skips in CASES[connector]]
+    train = TrainConfig()
+    pack = Pack(_seeded_models(configs, torch.float64), configs, setup=setup_device("cpu"), train=train)
+    references = _seeded_models(configs, torch.float64)
+    optimizers = [torch.optim.Adam(model.parameters(), lr=train.lr) for model in references]
+    packed = dict(pack.network.named_parameters())
+    for step, (images, masks) in enumerate(_batches(3, len(configs), torch.float64)):
+        losses = pack.step(images, masks)
+        for k, (model, optimizer) in enumerate(zip(references, optimizers)):
+            model.train()
+            loss = segmentation_loss(model(images[k]), masks[k])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            assert losses[k].item() == pytest.approx(loss.item(), abs=2e-5)
+            for name, parameter in model.named_parameters():  # the pack's gradient restricted to variant k
+                torch.testing.assert_close(
+                    pack.restrict(k, name, packed[name].grad), parameter.grad, rtol=0, atol=2e-5,
+                    msg=f"step {step}, variant {k}: {name}",
+                )  # fmt: skip
+
+    for k, (config, reference) in enumerate(zip(configs, references)):
+        exported = _tensors(pack.export(k, build_model(config).double()))
+        for name, tensor in _tensors(reference).items():  # parameters and BatchNorm statistics
+            torch.testing.assert_close(exported[name], tensor, rtol=0, atol=2e-5, msg=f"variant {k}: {name}")
+
+    # The weights that read a zeroed skip got exactly zero gradient and stayed exactly zero under Adam.
+    masked_parts = 0
+    for name, stacked in packed.items():
+        for k in range(pack.size):
+            if (
+                name in pack.fused.variant_names(k)
+                and pack.restrict(k, name, stacked).shape != stacked.shape[1:]
+            ):
+                unused_weights, unused_grads = stacked[k].detach().clone(), stacked.grad[k].clone()
+                pack.fused.restrict(k, name, unused_weights).zero_()
+                pack.fused.restrict(k, name, unused_grads).zero_()
+                assert torch.count_nonzero(unused_weights) == 0 and torch.count_nonzero(unused_grads) == 0
+                masked_parts += 1
+    assert masked_parts == {"unet": 6, "cca": 4, "uctransnet": 0}[connector]
+
+
+def test_fused_network_mirrors_the_single_models() -> None:
+    """Same names as build_model, variants along dim 0; both 3x3 convolution modes compute the same."""
+    configs = [_model_config("cca", skips) for skips in ("1111", "0110")]
+    fused = FusedUNet(configs).double()
+    models = _seeded_models(configs, torch.float64)
+    for k, model in enumerate(models):
+        fused.load_variant(k, model)
+    single = _tensors(build_model(_model_config("cca", "1111")))
+    packed = {name: tensor for name, tensor in _tensors(fused).items() if name != "skip_keep"}
+    assert {name: (2, *tensor.shape) for name, tensor in single.items()} == {
+        name: tuple(tensor.shape) for name, tensor in packed.items()
+    }
+    x = torch.rand(2, 2, 3, 32, 32, dtype=torch.float64)
+    out = fused(x.flatten(1, 2))  # (B, K*3, H, W) -> (B, K, H, W)
+    per_variant = FusedUNet(configs, conv="per_variant").double()
+    per_variant.load_state_dict(fused.state_dict())
+    channels_last = FusedUNet(configs).double()
+    channels_last.load_state_dict(fused.state_dict())
+    channels_last.to_channels_last()
+    nhwc = x.flatten(1, 2).contiguous(memory_format=torch.channels_last)
+    for k, model in enumerate(models):
+        torch.testing.assert_close(out[:, k : k + 1], model(x[:, k]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(per_variant(x.flatten(1, 2)), out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(channels_last(nhwc), out, rtol=0, atol=1e-12)
+    assert MASKABLE == MASKABLE_CONNECTORS  # the torch-free grouping rules agree with the network
+
+
+def test_pack_of_one_is_the_plain_loop_bit_for_bit() -> None:
+    config = _model_config("uctransnet", "1101")
+    train = TrainConfig()
+    (model,) = _seeded_models([config], torch.float32)
+    pack = Pack([model], [config], setup=setup_device("cpu"), train=train)
+    assert pack.network is model and pack.fused is None  # the structural network itself
+    (reference,) = _seeded_models([config], torch.float32)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=train.lr)
+    for images, masks in _batches(3, 1, torch.float32):
+        losses = pack.step(images, masks)
+        reference.train()
+        loss = segmentation_loss(reference(images[0]), masks[0])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        assert torch.equal(losses[0], loss.detach())
+    expected = _tensors(reference)
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in _tensors(model).items())
+    assert pack.optimizer_state(0, model)["state"].keys() == optimizer.state_dict()["state"].keys()
+
+
+def test_slicing_out_variants_keeps_the_others() -> None:
+    configs = [_model_config("unet", skips) for skips in ("1111", "0011", "1100")]
+    pack = Pack(
+        _seeded_models(configs, torch.float32), configs, setup=setup_device("cpu"), train=TrainConfig()
+    )
+    (images, masks), again = _batches(2, 3, torch.float32)
+    pack.step(images, masks)
+    before = {k: pack.export(k, build_model(configs[k])).state_dict() for k in (0, 2)}
+    adam = {k: pack.optimizer_state(k, build_model(configs[k])) for k in (0, 2)}
+    pack.select([0, 2])
+    assert pack.size == 2 and pack.fused.variant_skips == ["1111", "1100"]
+    for new_k, old_k in enumerate((0, 2)):
+        after = pack.export(new_k, build_model(configs[old_k])).state_dict()
+        assert all(torch.equal(after[key], before[old_k][key]) for key in after)
+        moments = pack.optimizer_state(new_k, build_model(configs[old_k]))["state"]
+        for index, state in adam[old_k]["state"].items():
+            assert all(torch.equal(moments[index][key], value) for key, value in state.items())
+    assert torch.isfinite(pack.step(again[0][[0, 2]], again[1][[0, 2]])).all()
+    with pytest.raises(ValueError, match="pack of one"):
+        Pack([build_model(configs[0])], configs[:1], setup=setup_device("cpu"), train=TrainConfig()).select(
+            [0]
+        )
+
+
+def test_resumed_adam_state_continues_exactly() -> None:
+    """Saving each variant's Adam state and loading them into a new pack continues bit for bit."""
+    configs = [_model_config("unet", skips) for skips in ("1111", "1010")]
+    batches = _batches(3, 2, torch.float32)
+    whole = Pack(
+        _seeded_models(configs, torch.float32), configs, setup=setup_device("cpu"), train=TrainConfig()
+    )
+    for images, masks in batches:
+        whole.step(images, masks)
+    models = _seeded_models(configs, torch.float32)
+    first = Pack(models, configs, setup=setup_device("cpu"), train=TrainConfig())
+    first.step(*batches[0])
+    first.scheduler.step()
+    saved = [first.optimizer_state(k, first.export(k, model)) for k, model in enumerate(models)]
+    resumed = Pack(models, configs, setup=setup_device("cpu"), train=TrainConfig())
+    resumed.load_optimizer_states(saved, models, first.scheduler.state_dict())
+    assert resumed.lr == first.lr < TrainConfig().lr
+    resumed._set_lr(TrainConfig().lr)  # the reference pack never stepped its schedule
+    for images, masks in batches[1:]:
+        resumed.step(images, masks)
+    expected = _tensors(whole.network)
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in _tensors(resumed.network).items())
+
+
+def test_mixed_subsets_refused_for_cct() -> None:
+    configs = [_model_config("uctransnet", skips) for skips in ("1111", "1011")]
+    with pytest.raises(AblationError, match="same skip subset"):
+        FusedUNet(configs)
+    with pytest.raises(AblationError, match="differ only in the skip subset"):
+        FusedUNet([_model_config("unet", "1111"), ModelConfig(base_channels=8, img_size=32)])
+
+
+def test_channels_last_pack_keeps_its_layout_through_slicing() -> None:
+    """The CUDA layout on CPU: NHWC activations and per-variant NHWC conv weights, moments laid out alike."""
+    configs = [_model_config("unet", skips) for skips in ("1111", "0011", "1100")]
+    nhwc = DeviceSetup(device=torch.device("cpu"), dtype=None, channels_last=True, name="cpu")
+    batches = _batches(2, 3, torch.float64)
+    packs = [
+        Pack(_seeded_models(configs, torch.float64), configs, setup=setup, train=TrainConfig())
+        for setup in (setup_device("cpu"), nhwc)
+    ]
+    for pack in packs:
+        pack.step(*batches[0])
+        pack.select([0, 2])
+        pack.step(batches[1][0][[0, 2]], batches[1][1][[0, 2]])
+    nchw, channels_last = (dict(pack.network.named_parameters()) for pack in packs)
+    for name, parameter in channels_last.items():
+        torch.testing.assert_close(parameter, nchw[name], rtol=0, atol=1e-10, msg=name)
+        state = packs[1].optimizer.state[parameter]
+        assert state["exp_avg"].stride() == parameter.stride() == state["exp_avg_sq"].stride(), name
+    weight = channels_last["up2.nConvs.0.conv.weight"].flatten(0, 1)
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
