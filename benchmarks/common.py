@@ -1,11 +1,9 @@
-"""What the training benchmarks share: the reference-like baseline step, our single-run step, FLOPs, timing.
+"""What the training benchmarks share: the reference-like baseline step, FLOPs, timing, memory.
 
 The baseline is what the reference code's training loop (UCTransNet, Wang et al. AAAI 2022) amounts to: uint8
 arrays on the host, per-sample numpy/scipy augmentation (with p=0.5 rot90 + flip, else with p=0.25 a
 nearest-neighbour rotation in [-20, 20) degrees), the batch stacked and copied to the device, eager fp32 in
-NCHW, Adam, and ``loss.item()`` after every step (a host synchronisation). Ours is the step
-``ablation.train.loop`` runs: data resident on the device, the paper's augmentation batched on the device,
-bf16 autocast and channels_last on CUDA, fused Adam on CUDA, no host sync in the step.
+NCHW, Adam, and ``loss.item()`` after every step (a host synchronisation).
 
 The scripts beside this file import it as ``common`` (a script's own folder is first on ``sys.path``).
 """
@@ -22,10 +20,7 @@ from scipy import ndimage
 from torch.utils.flop_counter import FlopCounterMode
 
 from ablation.config import ModelConfig
-from ablation.data.augment import augment_batch
 from ablation.models import build_model
-from ablation.train.device import DeviceSetup, autocast, to_memory_format
-from ablation.train.evaluate import to_input
 from ablation.train.losses import segmentation_loss
 
 
@@ -75,40 +70,6 @@ def baseline_step(
         loss.backward()
         optimizer.step()
         loss.item()  # a host sync every step, as a logging training loop does
-
-    return step
-
-
-def our_step(
-    config: ModelConfig,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    setup: DeviceSetup,
-    batch: int,
-    compile: bool,
-) -> Callable[[], None]:
-    """Our single-run training step on device-resident uint8 images ``(N, 3, H, W)``, masks ``(N, 1, H, W)``.
-
-    CUDA gets bf16 autocast, channels_last, fused Adam and, with ``compile``, ``torch.compile``.
-    """
-    torch.manual_seed(0)
-    model = to_memory_format(build_model(config).to(setup.device), setup).train()
-    step_model = torch.compile(model) if compile and setup.is_cuda else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=setup.is_cuda)
-    generator = torch.Generator(device=setup.device).manual_seed(0)
-    # Summed on the device so that the step never waits for the host.
-    loss_sum = torch.zeros((), device=setup.device)
-
-    def step() -> None:
-        index = torch.randint(0, images.shape[0], (batch,), generator=generator, device=setup.device)
-        batch_images, batch_masks = augment_batch(images[index], masks[index], generator)
-        with autocast(setup):
-            logits = step_model(to_input(batch_images, setup))
-        loss = segmentation_loss(logits, batch_masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum.add_(loss.detach())
 
     return step
 

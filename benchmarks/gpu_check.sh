@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short device session: packed training end to end through the grid on CUDA, then the packed benchmark.
+# One short device session (under 4 minutes): the GPU tests, then the training-engine benchmark.
 # Usage (repo root): OUT=/some/dir bash benchmarks/gpu_check.sh   (results and logs land in $OUT)
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -7,21 +7,6 @@ OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/device.txt"
 python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/device.txt"
-cat > /tmp/gpu_grid.toml <<'TOML'
-name = "gpu_packed_smoke"
-datasets = ["synthetic-nuclei"]
-subsets = "all"
-[model]
-img_size = 64
-base_channels = 8
-[train]
-max_epochs = 4
-min_best_epoch = 0
-checkpoint_every = 2
-TOML
-start=$(date +%s)
-timeout 70 python -m ablation run /tmp/gpu_grid.toml --out /tmp/gpu_grid --no-progress 2>&1 | tail -15 | tee "$OUT/grid.log"
-echo "grid seconds: $(( $(date +%s) - start ))" | tee -a "$OUT/grid.log"
-python -m ablation status /tmp/gpu_grid --quiet 2>&1 | tail -3 | tee -a "$OUT/grid.log"
-timeout 75 python benchmarks/packed_training.py --models unet --k 1,4,16 --steps 8 --warmup 3 \
-    --budget-s 60 --out "$OUT" 2>&1 | tail -25
+timeout 75 python -m pytest -q -x -m gpu tests/test_train_gpu.py -p no:cacheprovider 2>&1 | tail -20 \
+    | tee "$OUT/gpu_tests.log"
+timeout 150 python benchmarks/packed_training.py --out "$OUT" --budget-s 120 2>&1 | tail -45
