@@ -190,9 +190,14 @@ def test_resumed_adam_state_continues_exactly() -> None:
     first.step(*batches[0])
     first.scheduler.step()
     saved = [first.optimizer_state(k, first.export(k, model)) for k, model in enumerate(models)]
+    for state in saved:  # as saved by a CUDA-graph run: a tensor learning rate, a capturable fused Adam
+        state["param_groups"][0].update(
+            lr=torch.tensor(first.lr, dtype=torch.float64), capturable=True, fused=True
+        )
     resumed = Pack(models, configs, setup=setup_device("cpu"), train=TrainConfig())
     resumed.load_optimizer_states(saved, models, first.scheduler.state_dict())
     assert resumed.lr == first.lr < TrainConfig().lr
+    assert not resumed.optimizer.param_groups[0]["capturable"]  # the optimiser keeps its own implementation
     resumed._set_lr(TrainConfig().lr)  # the reference pack never stepped its schedule
     for images, masks in batches[1:]:
         resumed.step(images, masks)

@@ -16,7 +16,6 @@ import torch
 from ablation import store
 from ablation.config import ModelConfig, RunConfig, TrainConfig
 from ablation.models import build_model
-from ablation.train import pack as pack_module
 from ablation.train.device import determinism, setup_device
 from ablation.train.engine import train_packed, train_run
 from ablation.train.pack import Pack
@@ -112,15 +111,27 @@ def test_per_variant_streams_equal_the_grouped_convolution() -> None:
         torch.testing.assert_close(streams[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_cuda_packed_run_with_graphs_resumes_without_them(tmp_path: Path) -> None:
-    """A pack trained with CUDA graphs in bf16 writes loadable checkpoints; they resume in eager mode."""
-    configs = [dataclasses.replace(_config("unet", cuda_graphs=True, max_epochs=2), seed=s) for s in (0, 1)]
+def test_cuda_graph_pack_resumes_without_graphs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack trained with CUDA graphs (bf16) checkpoints plain values; killed, it resumes in eager mode."""
+    train = {"cuda_graphs": True, "max_epochs": 3, "test_time_masks": False}
+    configs = [dataclasses.replace(_config("unet", **train), seed=seed) for seed in (0, 1)]
     dirs = [tmp_path / str(seed) for seed in (0, 1)]
-    results = train_packed(configs, dirs, device="cuda", progress=False)
-    assert all(r["status"] == "done" and math.isfinite(r["dice_mean"]) for r in results)
+    real_validate, calls = Pack.validate, []
+
+    def crashing_validate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # epoch 3; checkpoints exist from epoch 2
+            raise RuntimeError("simulated crash")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(Pack, "validate", crashing_validate)
+    with pytest.raises(RuntimeError):
+        train_packed(configs, dirs, device="cuda", progress=False)
+    monkeypatch.setattr(Pack, "validate", real_validate)
     last = torch.load(dirs[0] / store.LAST_CHECKPOINT, weights_only=True)
-    assert all(isinstance(lr, float) for lr in last["scheduler"]["base_lrs"])
-    (dirs[0] / store.METRICS_FILE).unlink()
-    eager = dataclasses.replace(configs[0], train=dataclasses.replace(configs[0].train, cuda_graphs=False))
-    assert train_run(eager, dirs[0], device="cuda", progress=False)["epochs_run"] == 2
-    assert pack_module.GRAPH_WARMUP_STEPS >= 1
+    assert last["epoch"] == 2 and all(isinstance(lr, float) for lr in last["scheduler"]["base_lrs"])
+    eager = [dataclasses.replace(c, train=dataclasses.replace(c.train, cuda_graphs=False)) for c in configs]
+    results = train_packed(eager, dirs, device="cuda", progress=False)
+    assert all(
+        r["status"] == "done" and r["epochs_run"] == 3 and math.isfinite(r["dice_mean"]) for r in results
+    )

@@ -189,7 +189,8 @@ def end_epoch(
         state.update(best_dice=val_dice, best_epoch=epoch, best_model=clone_state(model))
     done, variant.stopped_early = has_stopped(state, cfg)
     if done or epoch % cfg.checkpoint_every == 0:
-        model = model or export()
+        if model is None:
+            model = export()
         optimizer_state, scheduler_state = optimizer_states()
         save_last_checkpoint(
             variant.out_dir / LAST_CHECKPOINT, variant.config, model.state_dict(), optimizer_state,
