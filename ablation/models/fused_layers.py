@@ -115,11 +115,12 @@ class PackedConv2d(nn.Module):
     def _per_variant(self, x: torch.Tensor) -> torch.Tensor:
         """K dense convolutions on the variants' channel slices, concatenated back (NHWC kept)."""
         variants, in_channels = self.weight.shape[0], self.weight.shape[2]
+        # split/unbind: one backward node each (a concatenation), not K slices each scattering a full-size grad.
+        parts, weights = x.split(in_channels, dim=1), self.weight.unbind(0)
+        biases = [None] * variants if self.bias is None else self.bias.unbind(0)
 
         def conv(k: int) -> torch.Tensor:
-            bias = None if self.bias is None else self.bias[k]
-            part = x[:, k * in_channels : (k + 1) * in_channels]
-            return F.conv2d(part, self.weight[k], bias, self.stride, self.padding)
+            return F.conv2d(parts[k], weights[k], biases[k], self.stride, self.padding)
 
         if not x.is_cuda:
             return torch.cat([conv(k) for k in range(variants)], dim=1)
