@@ -18,12 +18,13 @@ Everything runs in this process on one device:
 
 Per row: images/s summed over variants, the ratio to the baseline, ms per step, MFU (FLOPs of a training step,
 forward + backward from ``torch.utils.flop_counter``, x K x steps/s over ``--peak-tflops``, the dense bf16 peak:
-989 for H100/H200 SXM) and peak device memory. Writes ``<out>/packed_training.json`` and ``.md`` after every row
-(device, torch/CUDA/cuDNN versions, date), so a run cut short keeps what it measured; ``--budget-s`` skips rows
-that would start late.
+989 for H100/H200 SXM) and peak device memory. Writes ``<out>/packed_training_<device>.json`` and ``.md`` after
+every row (device, torch/CUDA/cuDNN versions, date), so a run cut short keeps what it measured; ``--budget-s``
+skips rows that would start late. Each record's ``method`` (``baseline``, ``single`` for K = 1, ``packed``, then
+``+option``...) is what ``ablation.grid.cost`` reads from the tables in ``results/benchmarks/``.
 
     PYTHONPATH=. python benchmarks/packed_training.py --out /tmp/bench --base 8 --size 64 --rows quick  # CPU
-    PYTHONPATH=. python benchmarks/packed_training.py --out results/benchmarks/h200 --budget-s 150     # H200
+    PYTHONPATH=. python benchmarks/packed_training.py --out results/benchmarks --budget-s 150          # H200
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import baseline_step, measure, synchronize, synthetic_arrays, train_step_flops
+from common import baseline_step, device_slug, measure, synchronize, synthetic_arrays, train_step_flops
 
 from ablation.config import ModelConfig, TrainConfig
 from ablation.io import atomic_write_json, atomic_write_text
@@ -177,8 +178,9 @@ def run_row(spec: str, args: argparse.Namespace, setup: DeviceSetup, data: dict[
     if rest == ["baseline"]:
         ctx["baseline"][connector] = rate
     baseline = ctx["baseline"].get(connector)
+    family = "baseline" if rest == ["baseline"] else "single" if k == 1 else "packed"
     return {
-        "row": spec, "model": connector, "k": k, "options": sorted(options) or ["baseline"], **timing,
+        "row": spec, "model": connector, "k": k, "method": "+".join([family, *rest[1:]]), **timing,
         "images_per_s": rate, "speedup": rate / baseline if baseline else None,
         "mfu": k * ctx["flops"][connector] * steps_per_s / (args.peak_tflops * 1e12) if setup.is_cuda else None,
     }  # fmt: skip
@@ -243,7 +245,9 @@ def torch_defaults() -> Iterator[None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for packed_training.json and .md")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for packed_training_<device>.json, .md"
+    )
     parser.add_argument("--rows", default="h200", help=f"{' or '.join(ROWS)}, or comma-separated row specs")
     parser.add_argument("--base", type=int, default=64, help="base channels")
     parser.add_argument("--size", type=int, default=224, help="image side (multiple of 16)")
@@ -277,6 +281,7 @@ def main() -> None:
         "peak_tflops": args.peak_tflops, "rows": specs,
     }  # fmt: skip
     print(f"{meta['device']}, torch {meta['torch']}: base {args.base}, {args.size} px, batch {args.batch}")
+    stem = args.out / f"packed_training_{device_slug(setup.name)}"
     records: list[dict[str, Any]] = []
     ctx: dict[str, dict] = {"flops": {}, "baseline": {}}
     started = time.perf_counter()
@@ -293,9 +298,9 @@ def main() -> None:
                 torch.cuda.empty_cache()
         records.append(record)
         print(_line(record), flush=True)
-        atomic_write_json(args.out / "packed_training.json", {"meta": meta, "records": records})
-        atomic_write_text(args.out / "packed_training.md", markdown(records, meta))
-    print(f"\n{time.perf_counter() - started:.0f} s; written: {args.out}/packed_training.json and .md")
+        atomic_write_json(stem.with_suffix(".json"), {"meta": meta, "records": records})
+        atomic_write_text(stem.with_suffix(".md"), markdown(records, meta))
+    print(f"\n{time.perf_counter() - started:.0f} s; written: {stem}.json and .md")
 
 
 def _line(r: dict[str, Any]) -> str:

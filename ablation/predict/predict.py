@@ -35,8 +35,8 @@ from ablation.errors import AblationError
 from ablation.io import atomic_write_bytes, atomic_write_json, ensure_folder
 from ablation.predict.inference import Predictor, load_predictor, predict_probabilities, resize_probability
 from ablation.predict.study import StudyChoice, choose_study_runs
+from ablation.store import write_image_metrics
 from ablation.train.device import DeviceSetup, setup_device
-from ablation.train.evaluate import write_metrics_csv
 from ablation.train.metrics import EPSILON, image_metrics
 
 MASKS_FOLDER = "masks"
@@ -248,7 +248,7 @@ def predict_folder(
                 result.rows.append({"image": stem, **row})
                 pooled += counts
     if masks:
-        write_metrics_csv(out_dir / METRICS_CSV, result.rows)
+        write_image_metrics(out_dir / METRICS_CSV, result.rows)
         result.summary = _summarize(result.rows, pooled)
     atomic_write_json(
         out_dir / RECORD_FILE, _record(result, predictors, images_dir, masks_dir, tta, threshold, study)
