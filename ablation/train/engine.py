@@ -219,7 +219,12 @@ def _train_pack(
             if failure is not None or done:
                 results[variant.position] = failure or finish_variant(variant, setup)
                 finished.append(k)
-        bar.set_postfix(runs=len(variants) - len(finished), best=max(v.state["best_dice"] for v in variants))
+        if len(variants) == 1:
+            bar.set_postfix(loss=f"{numbers[0][0]:.4f}", val_dice=f"{numbers[0][2]:.4f}", refresh=False)
+        else:
+            bar.set_postfix(
+                runs=len(variants) - len(finished), best=max(v.state["best_dice"] for v in variants)
+            )
         bar.update(1)
         if finished:
             keep = [k for k in range(len(variants)) if k not in finished]
