@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,9 @@ DEFAULT_INTERPOLATION = "reference"
 DEFAULT_IMG_SIZE = 224
 # Bump when the preparation code changes what it writes, so old cache files are not reused.
 # 3: mask coding checked per dataset (caches of datasets that version 2 misread must not be reused).
-PREPARE_VERSION = 3
+# 4: 16-bit and float images scaled by their type's range, not per image; EXIF orientation applied; palette
+#    masks read by their grey values or indices; the cache file records its version and fingerprint.
+PREPARE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -206,12 +209,24 @@ def load_prepared(
     }
     if cache_file.is_file():
         try:
-            return _read_cache(cache_file, name, fingerprint, interpolation, common)
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache file is rebuilt below
+            return _read_cache(cache_file, layout, name, fingerprint, interpolation, common)
+        except Exception as error:  # anything wrong with a cache file means: prepare the data again
+            reason = str(error).splitlines()[0].split(". ")[0] if str(error) else type(error).__name__
+            _warn(f"prepared-data cache {cache_file} is damaged ({reason}); preparing the data again")
     prepared = _prepare(layout, name, fingerprint, img_size, interpolation, common)
-    _write_cache(cache_file, prepared)
+    try:
+        _write_cache(cache_file, prepared)
+    except (OSError, AblationError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        _warn(
+            f"cannot write the prepared-data cache {cache_file} ({reason}); using the data from memory (set "
+            "$ABLATION_CACHE or --cache-dir to a writable folder so later runs need not decode the images again)"
+        )
     return prepared
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def check_cache_dir(cache_root: Path) -> None:
@@ -340,7 +355,11 @@ def resize_label(label: np.ndarray, size: int) -> np.ndarray:
 
 
 def _write_cache(path: Path, prepared: PreparedDataset) -> None:
-    arrays: dict[str, np.ndarray] = {"label_kind": np.array(prepared.label_kind)}
+    arrays: dict[str, np.ndarray] = {
+        "label_kind": np.array(prepared.label_kind),
+        "version": np.array(str(PREPARE_VERSION)),
+        "fingerprint": np.array(prepared.fingerprint),
+    }
     for split, data in prepared.splits.items():
         arrays[f"{split}/names"] = np.array(data.names, dtype=str)
         arrays[f"{split}/images"] = data.images
@@ -356,21 +375,59 @@ def _write_cache(path: Path, prepared: PreparedDataset) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _read_cache(path: Path, name: str, fingerprint: str, interpolation: str, common) -> PreparedDataset:
+def _read_cache(
+    path: Path,
+    layout: dict[str, list[readers.Sample]],
+    name: str,
+    fingerprint: str,
+    interpolation: str,
+    common,
+) -> PreparedDataset:
+    """The prepared dataset stored in ``path``, checked against the layout it must hold.
+
+    The zip members' CRC-32 checks catch damaged bytes; the checks here catch a file that reads but holds the
+    wrong arrays (another version, another dataset, a partial copy).
+
+    Raises:
+        ValueError: saying what is wrong (other exceptions come from reading the file itself).
+    """
+    size = common["img_size"]
     splits: dict[str, PreparedSplit] = {}
     sizes: dict[str, list[tuple[int, int]]] = {}
     empty: dict[str, list[str]] = {}
     with np.load(path, allow_pickle=False) as data:
-        label_kind = str(data["label_kind"])
-        for split in readers.SPLIT_FOLDERS:
-            if f"{split}/names" not in data.files:
-                continue
-            instances = (
-                data[f"{split}/instances"].astype(np.int32) if f"{split}/instances" in data.files else None
+        stored = {key: str(data[key]) if key in data.files else "none" for key in ("version", "fingerprint")}
+        if stored["version"] != str(PREPARE_VERSION) or stored["fingerprint"] != fingerprint:
+            raise ValueError(
+                f"written by preparation version {stored['version']} for fingerprint {stored['fingerprint']}, "
+                f"expected version {PREPARE_VERSION} and {fingerprint}"
             )
+        label_kind = str(data["label_kind"])
+        if label_kind not in ("binary", "instance"):
+            raise ValueError(f"label kind {label_kind!r}")
+        stray = {key.split("/")[0] for key in data.files if "/" in key} - set(layout)
+        if stray:
+            raise ValueError(f"holds split {sorted(stray)[0]!r}, which the dataset does not have")
+        for split, samples in layout.items():
             names = [str(n) for n in data[f"{split}/names"]]
-            splits[split] = PreparedSplit(names, data[f"{split}/images"], data[f"{split}/masks"], instances)
-            sizes[split] = [(int(w), int(h)) for w, h in data[f"{split}/sizes"]]
+            if names != [sample.name for sample in samples]:
+                raise ValueError(f"{split} names differ from the dataset's files")
+            count = len(names)
+            images, masks = data[f"{split}/images"], data[f"{split}/masks"]
+            instances = data[f"{split}/instances"] if f"{split}/instances" in data.files else None
+            _check_array(images, (count, size, size, 3), "uint8", f"{split}/images")
+            _check_array(masks, (count, size, size), "uint8", f"{split}/masks")
+            if masks.max(initial=0) > 1:
+                raise ValueError(f"{split}/masks holds values other than 0 and 1")
+            if instances is not None:
+                _check_array(instances, (count, size, size), "integer", f"{split}/instances")
+                instances = instances.astype(np.int32)
+            if (instances is None) == (label_kind == "instance"):
+                raise ValueError(f"{split}/instances {'missing' if instances is None else 'unexpected'}")
+            split_sizes = data[f"{split}/sizes"]
+            _check_array(split_sizes, (count, 2), "integer", f"{split}/sizes")
+            splits[split] = PreparedSplit(names, images, masks, instances)
+            sizes[split] = [(int(w), int(h)) for w, h in split_sizes]
             empty[split] = [str(n) for n in data[f"{split}/empty"]]
     return PreparedDataset(
         name,
@@ -382,6 +439,12 @@ def _read_cache(path: Path, name: str, fingerprint: str, interpolation: str, com
         interpolation=interpolation,
         **common,
     )
+
+
+def _check_array(array: np.ndarray, shape: tuple[int, ...], dtype: str, key: str) -> None:
+    kind_ok = np.issubdtype(array.dtype, np.integer) if dtype == "integer" else array.dtype == np.dtype(dtype)
+    if array.shape != shape or not kind_ok:
+        raise ValueError(f"{key} is {array.dtype} {array.shape}, expected {dtype} {shape}")
 
 
 def _load_synthetic(name: str, img_size: int, cache_dir: Path) -> PreparedDataset:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ablation.errors import AblationError
 
@@ -137,57 +137,155 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     return files
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image file; every decoder failure becomes an AblationError naming the file."""
+def open_image(path: Path) -> tuple[Image.Image, bool]:
+    """Open and fully decode an image file, turned upright by its EXIF/TIFF orientation tag (as OpenCV's
+    ``imread`` does, so masks drawn on the displayed image line up).
+
+    Returns:
+        ``(image, wide_colour)``: the decoded image, and whether the file stored colour samples in 16 bits, of
+        which Pillow keeps the high byte (a 16-bit-to-8-bit scaling, like OpenCV's).
+
+    Raises:
+        AblationError: naming the file, for every decoder failure.
+    """
     try:
         # Pillow warns about damaged metadata it can skip; the pixels either decode or raise below.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as image:
+                raw_modes = [
+                    str(tile[3][0] if isinstance(tile[3], tuple) else tile[3]) for tile in image.tile
+                ]
                 image.load()
-                return image
+                upright = ImageOps.exif_transpose(image)
     except FileNotFoundError:
         raise AblationError(f"file {path} does not exist") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise AblationError(f"cannot read image file {path}: {error}") from None
+    wide_colour = upright.mode in ("RGB", "RGBA") and any(";16" in mode for mode in raw_modes)
+    return upright, wide_colour
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An RGB image as ``uint8 (H, W, 3)`` (alpha dropped, grey and palette images expanded)."""
-    image = open_image(path)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale down rather than clip
-        array = np.asarray(image, dtype=np.float64)
-        peak = max(float(array.max()), 1.0)
-        image = Image.fromarray(np.round(array * (255.0 / peak)).astype(np.uint8))
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    """An RGB image as ``uint8 (H, W, 3)``.
+
+    Alpha is dropped; grey, 1-bit and palette images are expanded; CMYK, YCbCr, LAB and HSV are converted.
+    Wider samples are scaled to 0..255 by their type's range, the same factor for every file so intensities stay
+    comparable: 16-bit by 255/65535 (32-bit integer files must hold 0..65535), 32-bit float in [0, 1] by 255
+    and in [0, 255] as is.
+
+    Raises:
+        AblationError: naming the file, for an unreadable file, a float image with values outside [0, 255] or
+            not finite, an integer image with values outside 0..65535, or a 16-bit image whose values all fit
+            in 8 bits (scaled it would be almost black: save such data as 8-bit).
+    """
+    image, wide_colour = open_image(path)
+    if image.mode == "F":
+        return _grey_to_rgb(_float_to_uint8(np.asarray(image, dtype=np.float64), path))
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N (16-bit), I (32-bit integer)
+        return _grey_to_rgb(_wide_to_uint8(np.asarray(image, dtype=np.int64), path))
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if wide_colour and not rgb.any():  # every 16-bit sample was below 256: Pillow's high bytes are all 0
+        raise AblationError(_eight_bit_in_sixteen(path, "below 256"))
+    return rgb
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _float_to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
+    """A 32-bit float image in [0, 1] (scaled by 255) or in [0, 255] (kept) as uint8."""
+    if not np.isfinite(array).all():
+        raise AblationError(
+            f"image {path} is 32-bit float with NaN or infinite values: expected [0, 1] or [0, 255]"
+        )
+    low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+    if low < 0 or high > 255:
+        raise AblationError(
+            f"image {path} is 32-bit float with values {low:g}..{high:g}: expected [0, 1] or [0, 255]; "
+            "rescale it or save it as 8-bit"
+        )
+    scale = 255.0 if high <= 1.0 else 1.0
+    return np.round(array * scale).astype(np.uint8)
+
+
+def _wide_to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
+    """A 16-bit (or 32-bit integer) grey image scaled by 255/65535 to uint8."""
+    low, high = int(array.min(initial=0)), int(array.max(initial=0))
+    if low < 0 or high > 65535:
+        raise AblationError(
+            f"image {path} holds integer values {low}..{high}: expected 0..65535 (16-bit) or 0..255 (8-bit)"
+        )
+    if high < 256:
+        raise AblationError(_eight_bit_in_sixteen(path, f"up to {high}"))
+    return np.round(array * (255.0 / 65535.0)).astype(np.uint8)
+
+
+def _eight_bit_in_sixteen(path: Path, values: str) -> str:
+    return (
+        f"image {path} is 16-bit but holds values only {values}: scaled from 16 to 8 bits it would be almost "
+        "black; save it as an 8-bit image (or with its full 16-bit range)"
+    )
 
 
 def read_label(path: Path) -> np.ndarray:
     """A label image as ``int32 (H, W)``: 0 background, other values foreground (ids, or 1/255 if binary).
 
-    A colour file is accepted only when its three channels are equal (a grey mask saved as RGB); the alpha
-    channel is ignored.
+    Single-channel files (1-bit, 8/16/32-bit integer, float holding whole numbers) are read as they are, an
+    alpha channel is ignored. A colour (RGB/RGBA) file is accepted only when its three channels are equal (a grey
+    mask saved as RGB). A palette file whose colours are grey gives those grey values; a palette of colours
+    gives the palette indices (a label map: index 0, black, is background).
 
     Raises:
-        AblationError: an unreadable file, or a colour mask whose channels differ.
+        AblationError: naming the file: unreadable, a colour mask whose channels differ, a 16-bit colour or
+            CMYK/YCbCr/LAB/HSV file, a colour palette whose index 0 is not black, negative or fractional values.
     """
-    image = open_image(path)
-    if image.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
-        array = np.asarray(image.convert("RGB")) if image.mode != "RGB" else np.asarray(image)
-        grey = image.mode in ("RGB", "RGBA") and bool(
-            (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all()
-        )
-        if not grey:
-            raise AblationError(
-                f"mask {path} is {image.mode}: expected a single-channel mask "
-                "(8-bit 0/255 or 0/1, or 8/16-bit ids)"
-            )
+    image, wide_colour = open_image(path)
+    mode = image.mode
+    if mode in ("P", "PA"):
+        return _palette_label(image, path)
+    if mode in ("LA", "La"):
+        image, mode = image.getchannel("L"), "L"
+    if mode in ("RGB", "RGBA", "RGBa") and not wide_colour:
+        array = np.asarray(image)
+        if not ((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all()):
+            raise AblationError(_colour_mask(path, mode))
         return array[..., 0].astype(np.int32)
-    if image.mode == "P":
-        image = image.convert("L")
-    if image.mode == "LA":
-        image = image.getchannel("L")
-    return np.asarray(image).astype(np.int32)
+    if mode not in ("1", "L", "F") and not mode.startswith("I"):
+        raise AblationError(_colour_mask(path, f"16-bit {mode}" if wide_colour else mode))
+    array = np.asarray(image)
+    if mode == "F" and not (np.isfinite(array).all() and (array == np.round(array)).all()):
+        raise AblationError(
+            f"mask {path} is 32-bit float with fractional or non-finite values: expected whole numbers "
+            "(0/255 or 0/1, or ids)"
+        )
+    if array.min(initial=0) < 0:
+        raise AblationError(
+            f"mask {path} holds negative values: expected 0 for background, ids or 1/255 for foreground"
+        )
+    return array.astype(np.int32)
+
+
+def _palette_label(image: Image.Image, path: Path) -> np.ndarray:
+    indices = np.asarray(image)
+    indices = indices[..., 0] if indices.ndim == 3 else indices  # PA: palette index, then alpha
+    palette = np.zeros((256, 3), dtype=np.int32)  # indices beyond a short palette show black
+    given = np.asarray(image.getpalette() or [], dtype=np.int32).reshape(-1, 3)[:256]
+    palette[: len(given)] = given
+    colours = palette[np.unique(indices)]
+    if (colours[:, 0] == colours[:, 1]).all() and (colours[:, 1] == colours[:, 2]).all():
+        return palette[indices, 0]  # a grey palette: the grey values are what the mask shows
+    if palette[0].any():
+        raise AblationError(
+            f"mask {path} is a colour palette image whose index 0 is not black: background cannot be told "
+            "from foreground; save it as a single-channel mask (0 = background)"
+        )
+    return indices.astype(np.int32)
+
+
+def _colour_mask(path: Path, mode: str) -> str:
+    return f"mask {path} is {mode}: expected a single-channel mask (8-bit 0/255 or 0/1, or 8/16-bit ids)"
 
 
 def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

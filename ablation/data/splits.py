@@ -125,7 +125,7 @@ def run_splits(
     content = _read_or_create(path, prepared, pool, test, num_folds=num_folds, seed=seed)
     if key not in content["splits"]:
         content["splits"].update(_fold_entries(prepared, pool, num_folds=num_folds, seed=seed, repeat=repeat))
-        atomic_write_json(path, content)
+        _write_splits(path, content)
     entry = content["splits"][key]
     _validate(path, key, entry, content["test"], pool, test)
     record = {
@@ -178,8 +178,20 @@ def _read_or_create(
         "test": list(test.names),
         "splits": splits,
     }
-    atomic_write_json(path, content)
+    _write_splits(path, content)
     return content
+
+
+def _write_splits(path: Path, content: dict[str, Any]) -> None:
+    """Write the splits file; a cache folder that cannot take it is one error naming the file."""
+    try:
+        atomic_write_json(path, content)
+    except (OSError, AblationError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise AblationError(
+            f"cannot write splits file {path} ({reason}): every run records its split there; set "
+            "$ABLATION_CACHE (or --cache-dir) to a writable folder"
+        ) from None
 
 
 def _fold_entries(
