@@ -308,6 +308,19 @@ def _colour_mask(root: Path) -> str:
     return "mask .*train1.png is RGB: expected a single-channel mask"
 
 
+def _float_image_out_of_range(root: Path) -> str:
+    image = root / "Train_Folder" / "img" / "train2.png"
+    image.unlink()
+    Image.fromarray(np.full((16, 20), 300.0, dtype=np.float32)).save(image.with_suffix(".tif"))
+    return r"image .*train2.tif is 32-bit float with values 300\.\.300: expected \[0, 1\] or \[0, 255\]"
+
+
+def _eight_bit_values_in_a_16_bit_image(root: Path) -> str:
+    image = root / "Test_Folder" / "img" / "test1.png"
+    Image.fromarray(np.full((16, 20), 120, dtype=np.uint16)).save(image)
+    return "image .*test1.png is 16-bit but holds values only up to 120"
+
+
 def _broken_link_image(root: Path) -> str:
     image = root / "Train_Folder" / "img" / "train2.png"
     image.unlink()
@@ -334,6 +347,8 @@ BAD_INPUTS = [
     _mask_with_255_and_other_values,
     _sixteen_bit_ids_among_binary_masks,
     _colour_mask,
+    _float_image_out_of_range,
+    _eight_bit_values_in_a_16_bit_image,
     _broken_link_image,
     _folder_named_like_an_image,
     _root_is_a_file,

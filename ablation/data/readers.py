@@ -200,7 +200,7 @@ def _float_to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
         raise AblationError(
             f"image {path} is 32-bit float with NaN or infinite values: expected [0, 1] or [0, 255]"
         )
-    low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+    low, high = float(array.min()), float(array.max())
     if low < 0 or high > 255:
         raise AblationError(
             f"image {path} is 32-bit float with values {low:g}..{high:g}: expected [0, 1] or [0, 255]; "
@@ -212,7 +212,7 @@ def _float_to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
 
 def _wide_to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
     """A 16-bit (or 32-bit integer) grey image scaled by 255/65535 to uint8."""
-    low, high = int(array.min(initial=0)), int(array.max(initial=0))
+    low, high = int(array.min()), int(array.max())
     if low < 0 or high > 65535:
         raise AblationError(
             f"image {path} holds integer values {low}..{high}: expected 0..65535 (16-bit) or 0..255 (8-bit)"
