@@ -20,7 +20,7 @@ from ablation.skips import (
     skip_flags,
     skip_label,
 )
-from ablation.store import STATUS_FILE, read_run_state, run_id, run_name, run_status, split_name
+from ablation.store import METRICS_KEYS, STATUS_FILE, read_run_state, run_id, run_name, run_status, split_name
 
 
 @pytest.mark.parametrize(
@@ -150,6 +150,12 @@ def test_run_status_reads_damaged_files(tmp_path: Path) -> None:
     assert run_status(tmp_path) == "damaged"
     atomic_write_json(tmp_path / "config.json", {"run_id": "x"})
     (tmp_path / "test_metrics.csv").write_text("image,dice,iou\na,0.5,0.4\n")
+    assert read_run_state(tmp_path)[:2] == ("damaged", f"{tmp_path / 'metrics.json'}: missing key 'status'")
+    numbers = dict.fromkeys(METRICS_KEYS, 0)  # every key, then the ones that are not integers
+    numbers.update(status="done", run_id="x", run_name="r", dataset="d", connector="unet", skips="1111")
+    atomic_write_json(
+        tmp_path / "metrics.json", {**numbers, "fold": None, "stopped_early": False, "device": "cpu"}
+    )
     assert run_status(tmp_path) == "done"
 
 

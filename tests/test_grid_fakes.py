@@ -15,7 +15,7 @@ from pathlib import Path
 from ablation.config import RunConfig, to_dict
 from ablation.errors import AblationError
 from ablation.io import atomic_write_json, atomic_write_text
-from ablation.store import write_status
+from ablation.store import run_id, write_status
 
 ENTRY_PREFIX = "entered-"
 
@@ -32,7 +32,20 @@ def fake_train(config: RunConfig, out_dir: Path, *, device: str | None = None, p
     atomic_write_json(out_dir / "config.json", {**to_dict(config), "run_name": out_dir.name})
     write_status(out_dir, "running", epoch=0)
     time.sleep(float(os.environ.get("GRID_TEST_SLEEP", "0.02")))
-    metrics = {"status": "done", "run_name": out_dir.name, "dice_mean": 0.5, "device": device}
+    metrics = {  # every key of store.METRICS_KEYS, with the types a report validates
+        "status": "done",
+        "run_id": run_id(config),
+        "run_name": out_dir.name,
+        "dataset": config.dataset,
+        "connector": config.model.connector,
+        "skips": config.model.skips,
+        "seed": config.seed,
+        "fold": config.fold,
+        "repeat": config.repeat,
+        **{"best_epoch": 1, "epochs_run": 1, "stopped_early": False, "parameters": 1, "gflops": 0.1},
+        **{"seconds": 0.02, "dice_mean": 0.5, "dice_std": 0.0, "iou_mean": 0.33, "iou_std": 0.0},
+        **{"dice_micro": 0.5, "iou_micro": 0.33, "hd95_mean": 1.0, "device": device or "cpu"},
+    }
     atomic_write_text(out_dir / "test_metrics.csv", "image,dice,iou\nimg0,0.5,0.33\n")
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -1,7 +1,9 @@
 """Load a results folder into tidy pandas frames. No torch import: results can be read anywhere.
 
 Every run folder follows the contract in :mod:`ablation.store`. A run counts as done exactly when ``metrics.json``
-exists; failed, damaged (a file that cannot be read) and still-running runs are listed, not fatal. The
+exists and every file read back passes the store's checks; failed, damaged (a file that cannot be read or holds a
+wrong type, NaN or a value out of range) and still-running runs are listed, not fatal. Runs whose datasets share a
+name but not their settings are never pooled: each setting is a dataset of its own (:func:`pooling_settings`). The
 expected grid is the one ``ablation run`` recorded in ``grid.json``, else the one the run folders imply.
 The per-image frame has one row per run x test image (``masking="retrained"``: the model was built and
 trained with that skip subset) plus, where a run wrote ``masked_metrics.csv``, one row per runtime mask x
@@ -14,26 +16,30 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ablation.config import CONNECTORS
+from ablation.config import CONNECTORS, RunConfig
 from ablation.errors import AblationError
-from ablation.io import read_json_table
-from ablation.skips import ALL_SUBSETS, PAIR_SUBSETS, PAPER_SUBSETS, parse_skips, skip_label
+from ablation.io import stable_hash
+from ablation.skips import ALL_SUBSETS, PAIR_SUBSETS, PAPER_SUBSETS, skip_label
 from ablation.store import (
     CONFIG_FILE,
-    HISTORY_FILE,
-    MASKED_METRICS_FILE,
+    IMAGE_METRIC_RANGES,
     METRICS_FILE,
     PREDICTIONS_FILE,
-    TEST_METRICS_FILE,
+    RUN_RECORD_KEYS,
+    DoneRun,
     dataset_slug,
-    done_run_problem,
     find_runs,
     name_fields,
+    non_identity_keys,
+    read_done_run,
+    read_run_config,
     read_run_state,
     recorded_runs,
 )
@@ -42,7 +48,7 @@ RETRAINED = "retrained"
 TEST_TIME = "test-time"
 MASKINGS = (RETRAINED, TEST_TIME)
 
-IMAGE_METRICS = ("dice", "iou", "hd95", "object_f1", "object_dice", "object_hausdorff")
+IMAGE_METRICS = tuple(IMAGE_METRIC_RANGES)  # dice, iou, hd95, object_f1, object_dice, object_hausdorff
 KEY_COLUMNS = ("dataset", "connector", "skips", "seed", "split")
 IMAGE_COLUMNS = (
     "run_id",
@@ -69,6 +75,23 @@ PROTOCOL_SETTINGS = {
     "precision": ("train", "precision"),
     "init_from": ("train", "init_from"),
 }
+APART_COLUMNS = ("dataset", "name", "runs", "differs", "setting")
+# Config keys in which pooled replicates may differ: the replicate itself (seed, split), what a report compares
+# (connector, skip subset), the dataset's path (the data is identified by its fingerprint instead: see
+# pooling_settings), the settings run_id leaves out (where and how fast: data_root, eval_batch_size, compile, ...),
+# and what a run saves or evaluates besides its result (predictions kept, test-time masks).
+POOLING_IGNORED = (
+    "seed",
+    "fold",
+    "repeat",
+    "dataset",
+    "model.connector",
+    "model.skips",
+    *non_identity_keys(),
+    "train.save_predictions",
+    "train.test_time_masks",
+)
+DATA_KEY = "data"  # the pseudo-key of the data's identity among the pooling settings
 
 
 @dataclasses.dataclass
@@ -91,6 +114,11 @@ class Results:
             grid.json by ``ablation run``, else :func:`expected_grid`.
         unreadable: messages for files found damaged while reading on demand (predictions.npz); shared by the
             copies :meth:`filter` makes, so the report lists them however they were found.
+        apart: datasets kept apart because runs sharing a dataset name differ in a setting (see
+            :func:`pooling_settings`): one row per label (``dataset``, e.g. ``glas@lr=0.0001``) with the shared
+            ``name``, its number of run folders (``runs``), the keys that differ (``differs``) and this label's
+            values of them (``setting``); empty when every dataset name has one setting. :func:`apart_note` says
+            it in a sentence.
     """
 
     root: Path
@@ -102,6 +130,7 @@ class Results:
     missing: pd.DataFrame
     expected: pd.DataFrame
     unreadable: list[str] = dataclasses.field(default_factory=list)
+    apart: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=list(APART_COLUMNS)))
 
     @property
     def datasets(self) -> list[str]:
@@ -111,6 +140,11 @@ class Results:
     def metrics(self) -> list[str]:
         return [m for m in IMAGE_METRICS if m in self.images.columns]
 
+    def shared_name(self, dataset: str) -> str:
+        """The dataset name a label stands for (``glas`` for ``glas@lr=0.0001``); other names as they are."""
+        match = self.apart[self.apart["dataset"] == dataset]
+        return str(match.iloc[0]["name"]) if not match.empty else dataset
+
     def filter(
         self,
         *,
@@ -118,7 +152,10 @@ class Results:
         connector: str | list[str] | None = None,
         masking: str | list[str] | None = None,
     ) -> Results:
-        """A copy restricted to the given dataset(s), connector(s) and masking(s); ``None`` keeps all."""
+        """A copy restricted to the given dataset(s), connector(s) and masking(s); ``None`` keeps all.
+
+        :attr:`apart` is kept whole: it describes every label of a shared dataset name.
+        """
         selection = {"dataset": dataset, "connector": connector, "masking": masking}
         valid = {
             "dataset": self.datasets,
@@ -140,7 +177,7 @@ class Results:
                 if key in frame.columns:
                     frame = frame[frame[key].isin(wanted_list)]
             frames[field] = frame.reset_index(drop=True)
-        return Results(root=self.root, **frames, unreadable=self.unreadable)
+        return Results(root=self.root, **frames, unreadable=self.unreadable, apart=self.apart)
 
     def predictions(self, run_name: str) -> dict[str, Any] | None:
         """The run's predictions.npz as a dict, or None without one.
@@ -191,6 +228,11 @@ def split_label(fold: Any, repeat: Any) -> str:
 def load_results(results_dir: str | Path) -> Results:
     """Read every run folder below ``results_dir``.
 
+    Every file is validated as it is read (:func:`ablation.store.read_done_run`): a run whose files fail is
+    listed as damaged with the reason. Runs are pooled as replicates only when they agree in everything but
+    seed, split, connector and skip subset (:data:`POOLING_IGNORED`); runs of one dataset name that differ are
+    reported as separate datasets (see :attr:`Results.apart`).
+
     Raises:
         AblationError: if the folder does not exist or holds no run folder (one with config.json).
     """
@@ -201,29 +243,38 @@ def load_results(results_dir: str | Path) -> Results:
     if not run_dirs:
         raise AblationError(f"no run folders (with {CONFIG_FILE}) found under {root}")
 
-    image_frames, history_frames, run_rows, failed_rows, incomplete_rows = [], [], [], [], []
+    configs: dict[Path, tuple[RunConfig, dict[str, Any]] | str] = {}
     for run_dir in run_dirs:
         try:
-            identity = _read_identity(run_dir)
+            configs[run_dir] = read_run_config(run_dir)
         except AblationError as error:
-            failed_rows.append(_run_row(run_dir, {}, "damaged", error=str(error)))
+            configs[run_dir] = str(error)
+    labels, apart = _dataset_labels({d: c for d, c in configs.items() if not isinstance(c, str)})
+
+    image_frames, history_frames, run_rows, failed_rows, incomplete_rows = [], [], [], [], []
+    for run_dir in run_dirs:
+        entry = configs[run_dir]
+        if isinstance(entry, str):
+            failed_rows.append(_run_row(run_dir, {}, "damaged", error=entry))
             continue
+        identity = _identity(run_dir, *entry, dataset=labels[run_dir])
         if (run_dir / METRICS_FILE).exists():
-            # The same check as `ablation status`, so both call the same runs damaged.
-            problem = done_run_problem(run_dir)
-            if problem is None:
-                try:
-                    metrics, frames = _read_done_run(run_dir, identity)
-                except AblationError as error:
-                    problem = str(error)
-            if problem is not None:
-                failed_rows.append(_run_row(run_dir, identity, "damaged", error=problem))
+            # The same check as `ablation status` (read_run_state), so both call the same runs damaged.
+            try:
+                run = read_done_run(run_dir)
+            except AblationError as error:
+                failed_rows.append(_run_row(run_dir, identity, "damaged", error=str(error)))
                 continue
-            run_rows.append({**metrics, **identity, **_read_settings(run_dir), "path": str(run_dir)})
-            image_frames.extend(frames)
-            history = _read_history(run_dir, identity)
-            if history is not None:
-                history_frames.append(history)
+            run_rows.append(
+                {**run.metrics, **identity, **_protocol_settings(run.record), "path": str(run_dir)}
+            )
+            image_frames.extend(_image_frames(run, identity))
+            if run.history is not None:
+                history_frames.append(
+                    pd.DataFrame(run.history).assign(
+                        **{k: identity[k] for k in (*KEY_COLUMNS, "run_name", "skip_label")}
+                    )
+                )
             continue
         status, detail, record = read_run_state(run_dir)
         if status in ("damaged", "failed"):
@@ -243,7 +294,7 @@ def load_results(results_dir: str | Path) -> Results:
         [frame[list(KEY_COLUMNS) + ["status"]] for frame in (runs.assign(status="done"), failed, incomplete)],
         ignore_index=True,
     )
-    expected = _recorded_grid(root, attempted, [*run_rows, *failed_rows, *incomplete_rows])
+    expected = _recorded_grid(root, attempted, [*run_rows, *failed_rows, *incomplete_rows], apart)
     if expected is None:
         expected = expected_grid(attempted)
     missing = _missing(expected, attempted)
@@ -256,6 +307,145 @@ def load_results(results_dir: str | Path) -> Results:
         incomplete=incomplete,
         missing=missing,
         expected=expected,
+        apart=apart,
+    )
+
+
+def _identity(run_dir: Path, config: RunConfig, record: dict[str, Any], *, dataset: str) -> dict[str, Any]:
+    """The identity columns of a run (``dataset`` is its report label, see :func:`_dataset_labels`)."""
+    return {
+        "run_id": record.get("run_id", run_dir.name),
+        "run_name": record.get("run_name", run_dir.name),
+        "dataset": dataset,
+        "connector": config.model.connector,
+        "skips": config.model.skips,
+        "skip_label": skip_label(config.model.skips),
+        "seed": config.seed,
+        "repeat": config.repeat,
+        "fold": config.fold,
+        "split": split_label(config.fold, config.repeat),
+    }
+
+
+def _image_frames(run: DoneRun, identity: dict[str, Any]) -> list[pd.DataFrame]:
+    """The per-image rows of a done run: retrained (test_metrics.csv) and test-time masked, if any."""
+    frames = [pd.DataFrame(run.test).assign(**identity, masking=RETRAINED)]
+    if run.masked is not None:
+        masked = pd.DataFrame(run.masked)
+        masks = masked.pop("eval_skips")
+        unmasked = {k: v for k, v in identity.items() if k not in ("skips", "skip_label")}
+        frames.append(
+            masked.assign(
+                **unmasked,
+                skips=masks.to_numpy(),
+                skip_label=[skip_label(s) for s in masks],
+                masking=TEST_TIME,
+            )
+        )
+    return frames
+
+
+def pooling_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """What replicates must share to be pooled: a run's config.json flattened to dotted keys, without
+    :data:`POOLING_IGNORED`, plus the data's identity under :data:`DATA_KEY`.
+
+    The data is identified by the dataset fingerprint the run recorded (its files' names, sizes and modification
+    times and the preparation settings and version), so two folders that share a name are two datasets, while
+    one folder read from two data roots is one. Runs that recorded no fingerprint fall back to the dataset as
+    given and its data root. Keys a config.json lacks are None.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if key in RUN_RECORD_KEYS:
+            continue
+        if isinstance(value, dict):
+            flat.update({f"{key}.{inner}": item for inner, item in value.items()})
+        else:
+            flat[key] = value
+    for key in POOLING_IGNORED:
+        flat.pop(key, None)
+    env = record.get("env") if isinstance(record.get("env"), dict) else {}
+    fingerprint = env.get("dataset_fingerprint")
+    flat[DATA_KEY] = (
+        f"fingerprint {fingerprint}"
+        if fingerprint
+        else f"folder {record.get('dataset')}"
+        + (f" in {record['data_root']}" if record.get("data_root") else "")
+    )
+    return flat
+
+
+def _dataset_labels(
+    configs: dict[Path, tuple[RunConfig, dict[str, Any]]],
+) -> tuple[dict[Path, str], pd.DataFrame]:
+    """The dataset label of every run and the table of datasets kept apart.
+
+    Runs whose datasets share a name but whose :func:`pooling_settings` differ are never pooled: each setting
+    gets its own label, ``<name>@<key>=<value>,...`` over the keys that differ (``<name>@<n>`` when that would
+    be too long), and every table, figure, statistic and finding treats it as a dataset of its own.
+
+    Returns:
+        ``({run folder: label}, apart)`` with ``apart`` one row per label of a split name: columns
+        ``APART_COLUMNS`` (label, shared name, run folders, the differing keys, this label's values of them).
+    """
+    groups: dict[str, dict[str, list[Path]]] = {}
+    settings: dict[str, dict[str, Any]] = {}
+    for run_dir, (config, record) in configs.items():
+        flat = pooling_settings(record)
+        key = json.dumps(flat, sort_keys=True, default=str)
+        settings[key] = flat
+        groups.setdefault(dataset_name(config.dataset), {}).setdefault(key, []).append(run_dir)
+    labels: dict[Path, str] = {}
+    rows = []
+    for name, by_setting in groups.items():
+        if len(by_setting) == 1:
+            labels.update(dict.fromkeys(next(iter(by_setting.values())), name))
+            continue
+        ordered = sorted(by_setting, key=lambda k: (-len(by_setting[k]), k))  # most runs first
+        keys = sorted({k for s in ordered for k in settings[s]}, key=lambda k: (k != DATA_KEY, k))
+        differs = [k for k in keys if len({json.dumps(settings[s].get(k), default=str) for s in ordered}) > 1]
+        texts = [", ".join(f"{k} = {_value_text(settings[s].get(k))}" for k in differs) for s in ordered]
+        names = [_label(name, settings[s], differs) for s in ordered]
+        if len(set(names)) < len(names) or max(len(n) for n in names) > 60:
+            names = [f"{name}@{i}" for i in range(1, len(ordered) + 1)]
+        for setting, label, text in zip(ordered, names, texts):
+            labels.update(dict.fromkeys(by_setting[setting], label))
+            rows.append((label, name, len(by_setting[setting]), ", ".join(differs), text))
+    return labels, pd.DataFrame(rows, columns=list(APART_COLUMNS))
+
+
+def _value_text(value: Any) -> str:
+    if value is None:
+        return "not recorded"
+    if isinstance(value, list):
+        return "-".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _label(name: str, setting: dict[str, Any], differs: list[str]) -> str:
+    leaves = [key.rsplit(".", 1)[-1] for key in differs]
+    parts = []
+    for key, leaf in zip(differs, leaves):
+        text = _value_text(setting.get(key))
+        if key == DATA_KEY:  # "fingerprint 1a2b..." -> its first 8 hex digits; a folder -> a short hash of it
+            words = text.split(" ", 1)
+            text = words[1][:8] if words[0] == "fingerprint" else stable_hash(text, length=8)
+        parts.append(f"{leaf if leaves.count(leaf) == 1 else key}={text}")
+    return f"{name}@" + re.sub(r"[^A-Za-z0-9._+=,-]+", "-", ",".join(parts))
+
+
+def apart_note(results: Results, dataset: str) -> str | None:
+    """Why ``dataset`` is reported apart from other runs of the same name, or None when it is not."""
+    rows = results.apart[results.apart["name"] == results.shared_name(dataset)]
+    if dataset not in set(rows["dataset"]):
+        return None
+    first = rows.iloc[0]
+    groups = "; ".join(f"{row.dataset}: {row.setting} ({row.runs} runs)" for row in rows.itertuples())
+    return (
+        f"Runs of {first['name']} differ in {first['differs']}, so they are not pooled: each setting is reported "
+        f"as a dataset of its own ({groups})."
     )
 
 
@@ -289,7 +479,9 @@ def expected_grid(attempted: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def _recorded_grid(root: Path, attempted: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame | None:
+def _recorded_grid(
+    root: Path, attempted: pd.DataFrame, rows: list[dict[str, Any]], apart: pd.DataFrame
+) -> pd.DataFrame | None:
     """The grid ``ablation run`` recorded in ``grid.json`` (plus any run folder it lacks); None without one.
 
     A recorded run without a folder has its fields read from its name
@@ -300,7 +492,11 @@ def _recorded_grid(root: Path, attempted: pd.DataFrame, rows: list[dict[str, Any
         return None
     known = {row["run_name"]: row for row in rows if row.get("dataset") is not None}
     # A name holds the dataset's short form ("glas" for data/GlaS): show it as the run folders present do.
-    datasets = {dataset_slug(row["dataset"]): row["dataset"] for row in known.values()}
+    # A dataset kept apart under several labels: a recorded run without a folder goes to the label with most runs.
+    shared = dict(zip(apart["dataset"], apart["name"]))
+    datasets: dict[str, str] = {}
+    for label in [*apart["dataset"], *(row["dataset"] for row in known.values())]:
+        datasets.setdefault(dataset_slug(shared.get(label, label)), label)
     keyed = []
     for name in names:
         if name in known:
@@ -337,40 +533,9 @@ def _missing(expected: pd.DataFrame, attempted: pd.DataFrame) -> pd.DataFrame:
     return merged[merged["status"] != "done"].reset_index(drop=True)[columns]
 
 
-def _read_identity(run_dir: Path) -> dict[str, Any]:
-    """The identity columns of a run from its config.json.
-
-    Raises:
-        AblationError: naming config.json when it cannot be read or lacks a field.
-    """
-    config = read_json_table(run_dir / CONFIG_FILE)
-    try:
-        model = config["model"]
-        fold = config.get("fold")
-        repeat = int(config.get("repeat") or 0)
-        skips = parse_skips(model["skips"])
-        return {
-            "run_id": str(config.get("run_id", run_dir.name)),
-            "run_name": str(config.get("run_name", run_dir.name)),
-            "dataset": dataset_name(str(config["dataset"])),
-            "connector": str(model["connector"]),
-            "skips": skips,
-            "skip_label": skip_label(skips),
-            "seed": int(config.get("seed", 0)),
-            "repeat": repeat,
-            "fold": None if fold is None else int(fold),
-            "split": split_label(fold, repeat),
-        }
-    except KeyError as error:
-        raise AblationError(f"{run_dir / CONFIG_FILE}: missing key {error.args[0]!r}") from None
-    except (ValueError, TypeError, AblationError) as error:
-        raise AblationError(f"{run_dir / CONFIG_FILE}: {error}") from None
-
-
-def _read_settings(run_dir: Path) -> dict[str, Any]:
-    """The :data:`PROTOCOL_SETTINGS` of a run from its config.json (already read once as sound)."""
-    config = read_json_table(run_dir / CONFIG_FILE)
-    sections = {name: config.get(name) for name in ("model", "train")}
+def _protocol_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`PROTOCOL_SETTINGS` of a run from its config.json content (a key it lacks reads as None)."""
+    sections = {name: record.get(name) for name in ("model", "train")}
     return {
         column: sections[section].get(key) if isinstance(sections[section], dict) else None
         for column, (section, key) in PROTOCOL_SETTINGS.items()
@@ -381,55 +546,6 @@ def _run_row(run_dir: Path, identity: dict[str, Any], status: str, **extra: Any)
     row = {key: identity.get(key) for key in RUN_LIST_COLUMNS}
     row.update(run_name=identity.get("run_name", run_dir.name), path=str(run_dir), status=status, **extra)
     return row
-
-
-def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, ValueError) as error:
-        raise AblationError(f"cannot read {path}: {error}") from None
-    absent = [c for c in required if c not in frame.columns]
-    if absent:
-        raise AblationError(f"{path}: missing column {absent[0]!r} (expected {', '.join(required)})")
-    return frame
-
-
-def _read_done_run(run_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, Any], list[pd.DataFrame]]:
-    metrics = read_json_table(run_dir / METRICS_FILE)
-    test_path = run_dir / TEST_METRICS_FILE
-    if not test_path.exists():
-        raise AblationError(f"done run without {TEST_METRICS_FILE}: {run_dir}")
-    test = _read_csv(test_path, ("image", "dice", "iou"))
-    keep = ["image", *[m for m in IMAGE_METRICS if m in test.columns]]
-    frames = [test[keep].assign(**identity, masking=RETRAINED)]
-    masked_path = run_dir / MASKED_METRICS_FILE
-    if masked_path.exists():
-        masked = _read_csv(masked_path, ("eval_skips", "image", "dice", "iou"))
-        masked["eval_skips"] = [parse_skips(str(s).zfill(4)) for s in masked["eval_skips"]]
-        keep = ["image", *[m for m in IMAGE_METRICS if m in masked.columns]]
-        masked_identity = {k: v for k, v in identity.items() if k not in ("skips", "skip_label")}
-        frames.append(
-            masked[keep].assign(
-                **masked_identity,
-                skips=masked["eval_skips"].to_numpy(),
-                skip_label=[skip_label(s) for s in masked["eval_skips"]],
-                masking=TEST_TIME,
-            )
-        )
-    return metrics, frames
-
-
-def _read_history(run_dir: Path, identity: dict[str, Any]) -> pd.DataFrame | None:
-    path = run_dir / HISTORY_FILE
-    if not path.exists():
-        return None
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, ValueError):
-        return None
-    if "epoch" not in frame.columns or frame.empty:
-        return None
-    return frame.assign(**{k: identity[k] for k in (*KEY_COLUMNS, "run_name", "skip_label")})
 
 
 def _concat(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ablation.config import CONNECTORS
-from ablation.report.load import RETRAINED, TEST_TIME, Results
+from ablation.report.load import RETRAINED, TEST_TIME, Results, apart_note
 from ablation.skips import ALL_SUBSETS, PAIR_SUBSETS, PAPER_SUBSETS, paper_label, skip_label
 
 MODULE_LABELS = {"unet": "Base", "cct": "Base+CCT", "cca": "Base+CCA", "uctransnet": "Base+CCT+CCA"}
@@ -266,7 +266,8 @@ def skip_study_table(results: Results, dataset: str) -> Table:
     data.insert(2, "in_paper", ["yes" if s in PAPER_SUBSETS else "no (left out)" for s in order])
     data["runs"] = data["runs"].fillna(0).astype(int)
     reported = reported_results()
-    rows = [_reported_row(reported, dataset, REPORTED_METHODS["unet"], s) for s in order]
+    name = results.shared_name(dataset)  # a dataset kept apart keeps its paper numbers
+    rows = [_reported_row(reported, name, REPORTED_METHODS["unet"], s) for s in order]
     for key in ("dice", "iou"):
         data[f"{key}_reported"] = [np.nan if r is None else r[key] for r in rows]
         data[f"{key}_reported_std"] = [np.nan if r is None else r[f"{key}_std"] for r in rows]
@@ -291,7 +292,7 @@ def skip_study_table(results: Results, dataset: str) -> Table:
     notes = [
         "U-Net retrained with each skip subset; mean ± std over seeds and folds; best in bold.",
         "The paper shows these settings as bars only (Fig. 3); pairs were left out 'for space'.",
-        *_reported_notes(reported, dataset, [r for r in rows if r is not None]),
+        *_reported_notes(reported, name, [r for r in rows if r is not None]),
     ]
     return Table(f"{dataset}_skip_study", f"{dataset}: skip study (U-Net)", data, columns, notes)
 
@@ -304,7 +305,8 @@ def module_table(results: Results, dataset: str) -> Table:
     data.insert(0, "model", [MODULE_LABELS[c] for c in data["connector"]])
     data["runs"] = data["runs"].fillna(0).astype(int)
     reported = reported_results()
-    rows = [_reported_row(reported, dataset, REPORTED_METHODS[c], "1111") for c in data["connector"]]
+    name = results.shared_name(dataset)
+    rows = [_reported_row(reported, name, REPORTED_METHODS[c], "1111") for c in data["connector"]]
     for key in ("dice", "iou", "params_m", "gflops"):
         data[f"{key}_reported"] = [np.nan if r is None else r[key] for r in rows]
     for key in ("dice", "iou"):
@@ -320,7 +322,7 @@ def module_table(results: Results, dataset: str) -> Table:
     ]
     notes = [
         "All skips on; Base = U-Net, CCT = channel transformer, CCA = channel-wise cross attention.",
-        *_reported_notes(reported, dataset, [r for r in rows if r is not None]),
+        *_reported_notes(reported, name, [r for r in rows if r is not None]),
     ]
     return Table(f"{dataset}_modules", f"{dataset}: module ablation", data, columns, notes)
 
@@ -346,4 +348,7 @@ def dataset_tables(results: Results, dataset: str) -> list[Table]:
         tables.append(module_table(results, dataset))
     if (present["masking"] == TEST_TIME).any():
         tables.append(subset_table(results, dataset, TEST_TIME))
+    note = apart_note(results, dataset)
+    for table in tables if note else []:
+        table.notes.append(note)
     return tables
