@@ -321,7 +321,12 @@ def _fake_run(
     shutil.copy(checkpoint, run_dir / store.BEST_CHECKPOINT)
     atomic_write_json(run_dir / store.CONFIG_FILE, {**to_dict(config), "run_name": run_dir.name})
     atomic_write_text(run_dir / store.TEST_METRICS_FILE, f"image,dice,iou\ntest_001,{test},{test / 2}\n")
-    metrics = {"status": "done", "dataset": config.dataset, "skips": skips, "dice_mean": test}
+    metrics = {  # every key of store.METRICS_KEYS, with the types `ablation status` and reports validate
+        **dict.fromkeys(store.METRICS_KEYS, 0),
+        **{"status": "done", "run_id": store.run_id(config), "run_name": run_dir.name, "device": "cpu"},
+        **{"dataset": config.dataset, "connector": connector, "skips": skips, "seed": seed, "fold": None},
+        **{"stopped_early": False, "dice_mean": test, "iou_mean": test / 2},
+    }
     if val is not None:
         metrics["best_val_dice"] = val
     atomic_write_json(run_dir / store.METRICS_FILE, metrics)
