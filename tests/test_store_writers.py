@@ -48,5 +48,12 @@ def test_writers_make_a_done_run_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lacks dice_mean"):
         store.write_metrics(run_dir, {k: v for k, v in metrics.items() if k != "dice_mean"})
     assert store.run_status(run_dir) == "pending"
-    store.write_metrics(run_dir, {**metrics, "status": "done"})
+    typed = {
+        "status": "done",
+        "run_id": store.run_id(config),
+        "run_name": run_dir.name,
+        "dataset": config.dataset,
+    }
+    typed.update(connector="unet", skips="1111", fold=None, stopped_early=False, device="cpu")
+    store.write_metrics(run_dir, {**metrics, **typed})  # the types the store's reader validates
     assert store.run_status(run_dir) == "done" and store.done_run_problem(run_dir) is None
