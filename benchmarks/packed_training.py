@@ -275,7 +275,7 @@ def main() -> None:
     meta = {
         "device": setup.name, "torch": torch.__version__, "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if setup.is_cuda else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "base": args.base, "size": args.size, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
         "precision": "bf16" if setup.dtype is not None else "fp32", "channels_last": setup.channels_last,
         "peak_tflops": args.peak_tflops, "rows": specs,
