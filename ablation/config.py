@@ -1,26 +1,101 @@
 """Frozen, typed configuration of a run. No torch import: reports and the grid runner read these too.
 
-A run is (dataset, split, model, training settings, seed). Variants come from ``dataclasses.replace``; dictionaries
-from JSON/TOML go through :func:`from_dict`, which rejects unknown keys with the list of valid ones.
+A run is (dataset, split, model, training settings, seed). Variants come from ``dataclasses.replace``; settings
+files (TOML or JSON) are read by :func:`read_config_file` and become configs through :func:`from_dict`, which
+rejects unknown keys with the list of valid ones and values of the wrong type; ``--set KEY=VALUE`` text goes
+through :func:`apply_overrides`, which reads each value as its field's type. Experiment specs
+(:mod:`ablation.grid.spec`) are checked by the same :func:`from_dict`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ablation.errors import AblationError
 from ablation.skips import parse_skips
 
-CONNECTORS: dict[str, str] = {
-    "unet": "plain skip connections (U-Net)",
-    "cct": "CCT channel transformer on the skips, plain concatenation in the decoder (Base+CCT)",
-    "cca": "plain skips, channel-wise cross attention in each decoder block (Base+CCA)",
-    "uctransnet": "CCT + CCA (UCTransNet)",
+
+@dataclass(frozen=True)
+class Connector:
+    """What one connector of the study is (UCTransNet, Wang et al., AAAI 2022, Table 3 module ablation).
+
+    Attributes:
+        description: one line for help texts.
+        upsampling: the decoder's 2x upsampling: ``transpose`` (ConvTranspose2d, then concat ``[up, skip]``, the
+            reference U-Net) or ``nearest`` (then concat ``[skip, up]``, the reference UCTransNet).
+        channel_attention: CCA (channel-wise cross attention) gates the skip in every decoder block.
+        transformer: CCT (the channel transformer) fuses all skips before the decoder.
+        paper_names: how the paper names it with all skips: the module-ablation label (Table 3) first, then any
+            other name in ``ablation/resources/paper_results.csv`` (Table 1).
+        packed_gib: peak training memory of one packed variant at base 64, 224 px, batch 4, in GiB; sizes
+            ``auto`` packs (:func:`ablation.packing.auto_pack_size`). Measured on an H200 with 16 variants and
+            the earlier vmap engine for ``unet`` and ``uctransnet`` (results/benchmarks/, the vmap tables);
+            ``cca`` and ``cct`` are not measured, only estimated from those two. The fused engine's own figures
+            come from benchmarks/packed_training.py (peak GiB per row).
+    """
+
+    description: str
+    upsampling: str
+    channel_attention: bool
+    transformer: bool
+    paper_names: tuple[str, ...]
+    packed_gib: float
+
+    @property
+    def label(self) -> str:
+        """The paper's module-ablation label: ``Base``, ``Base+CCT``, ``Base+CCA``, ``Base+CCT+CCA``."""
+        return self.paper_names[0]
+
+    @property
+    def maskable(self) -> bool:
+        """Whether zeroing a built skip equals removing it, so runs of different skip subsets can share a pack.
+
+        True without CCT: with it, a zeroed level still takes part in the transformer's attention and norms.
+        """
+        return not self.transformer
+
+
+CONNECTORS: dict[str, Connector] = {
+    "unet": Connector(
+        description="plain skip connections (U-Net)",
+        upsampling="transpose",
+        channel_attention=False,
+        transformer=False,
+        paper_names=("Base", "U-Net"),
+        packed_gib=1.7,  # 26.6 GiB / 16
+    ),
+    "cct": Connector(
+        description="CCT channel transformer on the skips, plain concatenation in the decoder (Base+CCT)",
+        upsampling="nearest",
+        channel_attention=False,
+        transformer=True,
+        paper_names=("Base+CCT",),
+        packed_gib=4.3,  # not measured: as uctransnet
+    ),
+    "cca": Connector(
+        description="plain skips, channel-wise cross attention in each decoder block (Base+CCA)",
+        upsampling="nearest",
+        channel_attention=True,
+        transformer=False,
+        paper_names=("Base+CCA",),
+        packed_gib=1.9,  # not measured: unet plus the CCA gates
+    ),
+    "uctransnet": Connector(
+        description="CCT + CCA (UCTransNet)",
+        upsampling="nearest",
+        channel_attention=True,
+        transformer=True,
+        paper_names=("Base+CCT+CCA", "UCTransNet"),
+        packed_gib=4.3,  # 68.3 GiB / 16
+    ),
 }
 
 
@@ -57,9 +132,17 @@ def _check_range(
         raise AblationError(f"config key {key!r} must be {' and '.join(bounds)}, got {value!r}")
 
 
-def check_connector(name: str) -> str:
-    if name not in CONNECTORS:
+def check_connector(name: Any) -> str:
+    """``name`` itself when it is a connector of :data:`CONNECTORS`; else an error listing them."""
+    if not isinstance(name, str) or name not in CONNECTORS:
         raise AblationError(f"unknown connector {name!r}: choose one of {', '.join(CONNECTORS)}")
+    return name
+
+
+def check_interpolation(name: Any) -> str:
+    """``name`` itself when it is one of :data:`INTERPOLATIONS`; else an error listing them."""
+    if not isinstance(name, str) or name not in INTERPOLATIONS:
+        raise AblationError(f"unknown interpolation {name!r}: choose one of {', '.join(INTERPOLATIONS)}")
     return name
 
 
@@ -160,10 +243,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if self.interpolation not in INTERPOLATIONS:
-            raise AblationError(
-                f"unknown interpolation {self.interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}"
-            )
+        check_interpolation(self.interpolation)
         _check_range("num_folds", self.num_folds, minimum=2)
         _check_range("repeat", self.repeat, minimum=0)
         if self.fold is not None and not 0 <= self.fold < self.num_folds:
@@ -185,7 +265,12 @@ def _lists(obj: Any) -> Any:
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build a config dataclass from a dict; unknown keys and wrong types raise AblationError naming the key."""
+    """Build a config dataclass from a dict (TOML/JSON types); nested dataclass fields take nested dicts.
+
+    Raises:
+        AblationError: for an unknown key (listing the valid ones) or a value of the wrong type, naming the key
+            (``where.key``), or whatever the dataclass's own checks raise.
+    """
     if not isinstance(data, dict):
         raise AblationError(f"{where or cls.__name__}: expected a table of keys, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -200,55 +285,99 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
 
 
 def _coerce(hint: Any, value: Any, name: str) -> Any:
+    """``value`` checked against the field type ``hint`` (ints are accepted as floats, lists as tuples)."""
     if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
-            return value
-        return from_dict(hint, value, name)
+        return value if isinstance(value, hint) else from_dict(hint, value, name)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, name)
+        return _coerce(_not_none(hint), value, name)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise AblationError(f"config key {name!r}: expected a list, got {value!r}")
         return tuple(_coerce(args[0], v, name) for v in value)
-    if hint is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if not isinstance(value, bool):
-            raise AblationError(f"config key {name!r}: expected true/false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise AblationError(f"config key {name!r}: expected an integer, got {value!r}")
-        try:
-            return int(value)
-        except ValueError:
-            raise AblationError(f"config key {name!r}: expected an integer, got {value!r}") from None
+    if hint is bool and not isinstance(value, bool):
+        raise AblationError(f"config key {name!r} must be true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise AblationError(f"config key {name!r}: expected an integer, got {value!r}")
     if hint is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise AblationError(f"config key {name!r}: expected a number, got {value!r}") from None
-    if hint is str:
-        if not isinstance(value, str):
-            raise AblationError(f"config key {name!r}: expected a string, got {value!r}")
-        return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise AblationError(f"config key {name!r}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise AblationError(f"config key {name!r}: expected a string, got {value!r}")
     return value
 
 
+def _not_none(hint: Any) -> Any:
+    """``X`` for ``X | None``; other hints unchanged."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(hint) if a is not type(None)][0]
+    return hint
+
+
+def _from_text(hint: Any, text: str) -> Any:
+    """A ``--set`` value read as its field's type (``"1e-4"``, ``"3"``, ``"yes"``); text that does not parse
+    is returned as it is, for :func:`from_dict` to reject with the key's name."""
+    hint = _not_none(hint)
+    word = text.strip().lower()
+    if hint is bool and word in ("true", "1", "yes", "false", "0", "no"):
+        return word in ("true", "1", "yes")
+    for kind in (int, float):
+        if hint is kind:
+            try:
+                return kind(text)
+            except ValueError:
+                return text
+    return text
+
+
 def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
-    """Return a copy with dotted-key overrides applied, e.g. ``{"train.lr": 1e-4, "model.skips": "1011"}``."""
+    """Return a copy with dotted-key overrides applied, e.g. ``{"train.lr": 1e-4, "model.skips": "1011"}``.
+
+    Text values (``--set train.lr=1e-4`` on the command line) are read as their field's type first.
+    """
     data = to_dict(config)
     for dotted, value in overrides.items():
-        node = data
+        node, cls = data, type(config)
         parts = dotted.split(".")
         for part in parts[:-1]:
             if part not in node or not isinstance(node[part], dict):
                 raise AblationError(f"unknown config key {dotted!r}: {part!r} is not a section")
-            node = node[part]
-        node[parts[-1]] = value
+            node, cls = node[part], typing.get_type_hints(cls)[part]
+        hint = typing.get_type_hints(cls).get(parts[-1])
+        node[parts[-1]] = _from_text(hint, value) if isinstance(value, str) and hint is not None else value
     return from_dict(type(config), data)
+
+
+def read_config_file(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The table of a settings file, ``.toml`` or ``.json``: ``ablation train --config`` and experiment specs.
+
+    Args:
+        path: the file.
+        what: how messages call it (``config file``, ``spec file``).
+
+    Raises:
+        AblationError: naming the file when it is missing, unreadable, not UTF-8 text, not valid TOML/JSON, not a
+            table of keys at the top, or has another suffix.
+    """
+    path = Path(path)
+    kind = {".toml": "TOML", ".json": "JSON"}.get(path.suffix.lower())
+    if not path.is_file():
+        raise AblationError(f"{what} not found: {path}")
+    if kind is None:
+        raise AblationError(f"{what} {path}: unknown format {path.suffix!r}, use .toml or .json")
+    try:
+        text = path.read_bytes().decode("utf-8")
+        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
+    except UnicodeDecodeError as error:
+        raise AblationError(f"{path}: not a {kind} text file (byte {error.start} is not UTF-8)") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise AblationError(f"{path}: invalid {kind}: {error}") from None
+    except OSError as error:
+        raise AblationError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    if not isinstance(data, dict):
+        raise AblationError(f"{path}: expected a table of keys at the top, found {type(data).__name__}")
+    return data

@@ -12,25 +12,14 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-from ablation.config import RunConfig, to_dict
+from ablation.config import CONNECTORS, RunConfig, to_dict
 from ablation.errors import AblationError
 from ablation.skips import NUM_SKIPS
 from ablation.store import run_id
 
-# Connectors whose skips can be zeroed instead of removed without changing the function (no CCT on the skips).
-MASKABLE_CONNECTORS = ("unet", "cca")
+# Connectors whose skips can be zeroed instead of removed without changing the function (Connector.maskable).
+MASKABLE_CONNECTORS = tuple(name for name, connector in CONNECTORS.items() if connector.maskable)
 MAX_AUTO_PACK = 48  # 16 skip subsets x 3 seeds of one dataset
-
-# Peak training memory per packed variant at base 64, 224 px, batch 4, measured on an H200 with K = 16 and the
-# earlier vmap engine (results/benchmarks/packed_training_nvidia-h200.md): U-Net 26.6 GiB / 16, UCTransNet
-# 68.3 GiB / 16. The fused engine's own figures come from benchmarks/packed_training.py (peak GiB per row).
-_GIB = 1024**3
-_MEASURED_BYTES_PER_VARIANT = {
-    "unet": 1.7 * _GIB,
-    "cca": 1.9 * _GIB,
-    "cct": 4.3 * _GIB,
-    "uctransnet": 4.3 * _GIB,
-}
 
 
 def pack_key(config: RunConfig) -> str:
@@ -98,10 +87,11 @@ def group_for_packing(configs: Sequence[RunConfig], max_pack: int) -> list[list[
 
 
 def estimated_variant_bytes(config: RunConfig) -> float:
-    """Rough peak training memory of one packed variant: the measured H200 figure scaled by batch, area, width."""
+    """Rough peak training memory of one packed variant: ``Connector.packed_gib`` (base 64, 224 px, batch 4)
+    scaled by batch, area and width."""
     model = config.model
     scale = (config.train.batch_size / 4) * (model.img_size / 224) ** 2 * (model.base_channels / 64)
-    return _MEASURED_BYTES_PER_VARIANT[model.connector] * scale
+    return CONNECTORS[model.connector].packed_gib * 1024**3 * scale
 
 
 def auto_pack_size(configs: Sequence[RunConfig], device_bytes: float, fraction: float = 0.7) -> int:

@@ -15,7 +15,6 @@ from typing import Any
 _EXPORTS = {
     "build_model": "ablation.models.unet",
     "SkipUNet": "ablation.models.unet",
-    "CONNECTOR_LAYOUTS": "ablation.models.unet",
     "model_summary": "ablation.models.summary",
     "all_model_summaries": "ablation.models.summary",
     "load_reference_checkpoint": "ablation.models.reference",

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ablation.config import ModelConfig
+from ablation.config import CONNECTORS, ModelConfig
 from ablation.errors import AblationError
 from ablation.models.ctrans import PlainSkips
 from ablation.models.fused_ctrans import FusedChannelTransformer
@@ -39,11 +39,11 @@ from ablation.models.fused_layers import (
     cat_variants,
     conv_weight_to_channels_last,
 )
-from ablation.models.unet import CONNECTOR_LAYOUTS, build_model, encoder_channels
+from ablation.models.unet import build_model, encoder_channels
 from ablation.skips import skip_flags
 
-# Connectors whose skips a fused pack may zero instead of removing (no CCT on the skips).
-MASKABLE = tuple(name for name, (_, _, transformer) in CONNECTOR_LAYOUTS.items() if not transformer)
+# Connectors whose skips a fused pack may zero instead of removing (Connector.maskable: no CCT on the skips).
+MASKABLE = tuple(name for name, connector in CONNECTORS.items() if connector.maskable)
 
 
 class FusedConvBatchNormReLU(nn.Module):
@@ -159,7 +159,7 @@ class FusedUNet(nn.Module):
                 f"{sorted(set(self.variant_skips))}); masking is exact for {', '.join(MASKABLE)}"
             )
         variants = len(configs)
-        upsampling, channel_attention, transformer = CONNECTOR_LAYOUTS[template.connector]
+        layout = CONNECTORS[template.connector]
         c1, c2, c3, c4, c5 = widths = encoder_channels(template.base_channels)
         self.skip_channels = widths[:4]
         self.inc = FusedConvBatchNormReLU(variants, template.in_channels, c1, conv)
@@ -170,7 +170,7 @@ class FusedUNet(nn.Module):
         on = skip_flags(union)
         active = {level: widths[level - 1] for level in range(1, 5) if on[level - 1]}
         self.mtc: nn.Module = PlainSkips()
-        if transformer and active:
+        if layout.transformer and active:
             self.mtc = FusedChannelTransformer(
                 variants, channels=active, img_size=template.img_size,
                 patch_sizes=dict(enumerate(template.patch_sizes, start=1)), num_heads=template.num_heads,
@@ -178,7 +178,11 @@ class FusedUNet(nn.Module):
                 embedding_dropout=template.embedding_dropout, attention_dropout=template.attention_dropout,
                 mlp_dropout=template.mlp_dropout,
             )  # fmt: skip
-        decoder = {"upsampling": upsampling, "channel_attention": channel_attention, "mode": conv}
+        decoder = {
+            "upsampling": layout.upsampling,
+            "channel_attention": layout.channel_attention,
+            "mode": conv,
+        }
         self.up4 = FusedUpBlock(
             variants, in_channels=c5, skip_channels=c4 * on[3], out_channels=c3, **decoder
         )

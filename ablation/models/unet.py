@@ -27,19 +27,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ablation.config import ModelConfig
+from ablation.config import CONNECTORS, ModelConfig
 from ablation.errors import AblationError
 from ablation.models.blocks import ConvBatchNormReLU, DownBlock, UpBlock
 from ablation.models.ctrans import ChannelTransformer, PlainSkips
 from ablation.skips import NUM_SKIPS, parse_skips, skip_flags
-
-# connector -> (decoder upsampling, CCA in the decoder blocks, CCT on the skips)
-CONNECTOR_LAYOUTS: dict[str, tuple[str, bool, bool]] = {
-    "unet": ("transpose", False, False),
-    "cct": ("nearest", False, True),
-    "cca": ("nearest", True, False),
-    "uctransnet": ("nearest", True, True),
-}
 
 
 def encoder_channels(base_channels: int) -> tuple[int, int, int, int, int]:
@@ -147,10 +139,6 @@ def build_model(config: ModelConfig) -> SkipUNet:
         AblationError: for an unknown connector, a non-positive size, or CCT patch sizes that do not tile
             ``config.img_size``.
     """
-    if config.connector not in CONNECTOR_LAYOUTS:
-        raise AblationError(
-            f"unknown connector {config.connector!r}: choose one of {', '.join(CONNECTOR_LAYOUTS)}"
-        )
     if len(config.patch_sizes) != NUM_SKIPS:
         raise AblationError(
             f"model.patch_sizes needs {NUM_SKIPS} values (L1..L4), got {list(config.patch_sizes)}"
@@ -158,11 +146,11 @@ def build_model(config: ModelConfig) -> SkipUNet:
     for key in ("in_channels", "num_classes", "num_heads", "num_layers", "expand_ratio"):
         if getattr(config, key) < 1:
             raise AblationError(f"model.{key} must be a positive integer, got {getattr(config, key)}")
-    upsampling, channel_attention, transformer = CONNECTOR_LAYOUTS[config.connector]
+    layout = CONNECTORS[config.connector]  # ModelConfig has checked the name
     widths = encoder_channels(config.base_channels)
     active = {level: widths[level - 1] for level, on in enumerate(skip_flags(config.skips), start=1) if on}
     connector: nn.Module = PlainSkips()
-    if transformer and active:  # with no skips CCT has nothing to fuse
+    if layout.transformer and active:  # with no skips CCT has nothing to fuse
         connector = ChannelTransformer(
             channels=active,
             img_size=config.img_size,
@@ -180,6 +168,6 @@ def build_model(config: ModelConfig) -> SkipUNet:
         base_channels=config.base_channels,
         skips=config.skips,
         connector=connector,
-        upsampling=upsampling,
-        channel_attention=channel_attention,
+        upsampling=layout.upsampling,
+        channel_attention=layout.channel_attention,
     )

@@ -18,15 +18,6 @@ from ablation.config import CONNECTORS
 from ablation.report.load import RETRAINED, TEST_TIME, Results, apart_note
 from ablation.skips import ALL_SUBSETS, PAIR_SUBSETS, PAPER_SUBSETS, paper_label, skip_label
 
-MODULE_LABELS = {"unet": "Base", "cct": "Base+CCT", "cca": "Base+CCA", "uctransnet": "Base+CCT+CCA"}
-# Names under which the reported-results file lists each connector with all skips (Table 3 first, then Table 1).
-REPORTED_METHODS = {
-    "unet": ("Base", "U-Net"),
-    "cct": ("Base+CCT",),
-    "cca": ("Base+CCA",),
-    "uctransnet": ("Base+CCT+CCA", "UCTransNet"),
-}
-
 
 @dataclasses.dataclass
 class Column:
@@ -267,7 +258,7 @@ def skip_study_table(results: Results, dataset: str) -> Table:
     data["runs"] = data["runs"].fillna(0).astype(int)
     reported = reported_results()
     name = results.shared_name(dataset)  # a dataset kept apart keeps its paper numbers
-    rows = [_reported_row(reported, name, REPORTED_METHODS["unet"], s) for s in order]
+    rows = [_reported_row(reported, name, CONNECTORS["unet"].paper_names, s) for s in order]
     for key in ("dice", "iou"):
         data[f"{key}_reported"] = [np.nan if r is None else r[key] for r in rows]
         data[f"{key}_reported_std"] = [np.nan if r is None else r[f"{key}_std"] for r in rows]
@@ -301,12 +292,12 @@ def module_table(results: Results, dataset: str) -> Table:
     """Module ablation (the paper's Table 3): Base, Base+CCT, Base+CCA, Base+CCT+CCA, all with all skips."""
     summary = variant_summary(results, dataset, RETRAINED)
     summary = summary[summary["skips"] == "1111"]
-    data = pd.DataFrame({"connector": list(MODULE_LABELS)}).merge(summary, on="connector", how="left")
-    data.insert(0, "model", [MODULE_LABELS[c] for c in data["connector"]])
+    data = pd.DataFrame({"connector": list(CONNECTORS)}).merge(summary, on="connector", how="left")
+    data.insert(0, "model", [CONNECTORS[c].label for c in data["connector"]])
     data["runs"] = data["runs"].fillna(0).astype(int)
     reported = reported_results()
     name = results.shared_name(dataset)
-    rows = [_reported_row(reported, name, REPORTED_METHODS[c], "1111") for c in data["connector"]]
+    rows = [_reported_row(reported, name, CONNECTORS[c].paper_names, "1111") for c in data["connector"]]
     for key in ("dice", "iou", "params_m", "gflops"):
         data[f"{key}_reported"] = [np.nan if r is None else r[key] for r in rows]
     for key in ("dice", "iou"):

@@ -70,24 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=_evaluate, bgr=None)
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """A run config file (.toml or .json) as a dict."""
-    if not path.is_file():
-        raise AblationError(f"config file {path} not found")
-    try:
-        if path.suffix == ".toml":
-            import tomllib
-
-            return tomllib.loads(path.read_text(encoding="utf-8"))
-        if path.suffix == ".json":
-            return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as error:
-        raise AblationError(f"config file {path} cannot be parsed: {error}") from None
-    raise AblationError(f"config file {path}: unknown format {path.suffix!r}, use .toml or .json")
-
-
 def _parse_value(text: str) -> Any:
-    """A --set value: ``none``/``null`` -> None, a JSON list -> list, else the string (typed by from_dict)."""
+    """A --set value: ``none``/``null`` -> None, a JSON list -> list, else the string (typed by apply_overrides)."""
     if text.strip().lower() in ("none", "null"):
         return None
     if text.strip().startswith("["):
@@ -100,7 +84,7 @@ def _parse_value(text: str) -> Any:
 
 def build_run_config(args: argparse.Namespace) -> Any:
     """Defaults, then --config, then the explicit flags, then --set, as a RunConfig."""
-    from ablation.config import RunConfig, apply_overrides, from_dict
+    from ablation.config import RunConfig, apply_overrides, from_dict, read_config_file
 
     config = from_dict(RunConfig, read_config_file(args.config)) if args.config else RunConfig()
     flags = {
