@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ablation.errors import AblationError
 
-# Modules that contribute subcommands, in help order.
+# Modules that contribute subcommands, in help order. Each must import: a missing one is a broken install.
 COMMAND_MODULES = (
     "ablation.models.cli",
     "ablation.data.cli",
@@ -33,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name == name:  # that area is not part of this build
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

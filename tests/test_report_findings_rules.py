@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fake_results import make_fake_results
 
 from ablation.report import findings as findings_module
 from ablation.report import write_report
@@ -20,9 +21,9 @@ from ablation.report.findings import (
     check_findings,
     findings_markdown,
 )
-from ablation.report.fixtures import make_fake_results
 from ablation.report.load import RETRAINED, Results
 from ablation.report.stats import wilcoxon_pair
+from ablation.report.write import ReportIncomplete
 from ablation.skips import PAPER_SUBSETS
 
 
@@ -191,7 +192,9 @@ def test_report_survives_a_failing_findings_step(tmp_path, monkeypatch):
         raise ValueError("no common images")
 
     monkeypatch.setattr(findings_module, "check_findings", broken)
-    out = write_report(tmp_path / "results", tmp_path / "report", n_boot=50)
+    with pytest.raises(ReportIncomplete):  # everything else is written; the fault is not hidden
+        write_report(tmp_path / "results", tmp_path / "report", n_boot=50)
+    out = tmp_path / "report"
     readme = (out / "README.md").read_text()
     assert "findings could not be computed: ValueError: no common images" in readme
     assert "findings could not be computed" in (out / "findings.md").read_text()

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fake_results import make_fake_results
 
 from ablation.cli import main
 from ablation.report import write_report
-from ablation.report.fixtures import make_fake_results
+from ablation.report.write import ReportIncomplete
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +94,10 @@ def test_cli_bad_folder_is_one_error_line(tmp_path, capsys):
 
 
 def test_subset_bars_fall_back_to_image_intervals_with_one_replicate(tmp_path: Path) -> None:
+    from fake_results import make_fake_results
+
     from ablation.report import load_results
     from ablation.report.figures import subset_bars
-    from ablation.report.fixtures import make_fake_results
 
     make_fake_results(tmp_path / "one", subsets=["0000", "1111"], seeds=(0,), folds=None, n_images=6)
     title = subset_bars(load_results(tmp_path / "one"), "synthetic-nuclei").axes[0].get_title()
@@ -103,3 +105,26 @@ def test_subset_bars_fall_back_to_image_intervals_with_one_replicate(tmp_path: P
     make_fake_results(tmp_path / "two", subsets=["0000", "1111"], seeds=(0, 1), folds=None, n_images=6)
     title = subset_bars(load_results(tmp_path / "two"), "synthetic-nuclei").axes[0].get_title()
     assert "95% CI over 2 replicates" in title
+
+
+def test_a_findings_bug_leaves_the_report_and_fails_loudly(tmp_path: Path, monkeypatch, capsys) -> None:
+    make_fake_results(tmp_path / "r", subsets=["0000", "1111"], seeds=(0,), folds=None, n_images=4)
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("planted bug")
+
+    monkeypatch.setattr("ablation.report.findings.check_findings", broken)
+    with pytest.raises(
+        ReportIncomplete, match="findings could not be computed: ZeroDivisionError: planted bug"
+    ):
+        write_report(tmp_path / "r", n_boot=100)
+    out = tmp_path / "r" / "report"
+    assert (out / "README.md").is_file() and list((out / "tables").glob("*.csv")), "the rest is written"
+    findings = (out / "findings.md").read_text()
+    assert "ZeroDivisionError: planted bug" in findings and "Traceback" in findings
+    assert main(["report", str(tmp_path / "r"), "--n-boot", "100"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: report written to {out}, but findings could not be computed: ZeroDivisionError"
+    )
+    assert err.count("\n") == 1

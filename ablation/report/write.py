@@ -11,12 +11,15 @@ Layout of ``<out_dir>`` (default ``<results_dir>/report``)::
     shapley/       <group>_{skips,interactions}.csv, shapley.md
 
 A group is one dataset x connector x masking with results for at least two skip subsets. Anything that needs data
-the results lack is skipped with a note in README.md, never fatal.
+the results lack is skipped with a note in README.md, never fatal. Any other fault while checking the findings (a
+bug) still leaves every other file written: findings.md holds the error and its traceback, and
+``write_report`` then raises :class:`ReportIncomplete` naming it, so ``ablation report`` exits non-zero.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +46,10 @@ SHAPLEY_PREAMBLE = [
     "set, so the intervals cover training variation (seed, training split), not the sampling of test images.",
     "",
 ]
+
+
+class ReportIncomplete(AblationError):
+    """The report folder was written, but its findings could not be computed; findings.md says why."""
 
 
 @dataclasses.dataclass
@@ -82,6 +89,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, *, 
     Raises:
         AblationError: if ``results_dir`` does not exist or holds no run folder, or ``out_dir`` (or a folder
             above it) is a file.
+        ReportIncomplete: after writing everything else, when checking the findings failed.
     """
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "report"
     for where in (out, *out.parents):  # checked before any work, so a wrong --out fails at once
@@ -140,25 +148,35 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, *, 
     if shapley_summary:
         content = "\n".join([*SHAPLEY_PREAMBLE, *shapley_summary])
         index.text("Shapley values", "shapley/shapley.md", content, "Shapley tables")
-    summary = _findings_summary(results, index, n_boot)
+    summary, failure = _findings_summary(results, index, n_boot)
     atomic_write_text(out / "README.md", _readme(results, index, summary))
+    if failure:
+        raise ReportIncomplete(f"report written to {out}, but {failure} (traceback in {out / 'findings.md'})")
     return out
 
 
-def _findings_summary(results: Results, index: _Index, n_boot: int) -> list[str]:
-    """Write findings.md; return the README's Findings section: the decision rules, then the findings."""
+def _findings_summary(results: Results, index: _Index, n_boot: int) -> tuple[list[str], str]:
+    """Write findings.md; return the README's Findings section (the decision rules, then the findings) and,
+    when checking them failed, the reason ("" otherwise)."""
     try:
         checked = findings.check_findings(results, n_boot=min(n_boot, 1000))
         content = findings.findings_markdown(checked)
-    except Exception as error:  # any failure: one section must not cost the tables, figures and statistics
-        reason = f"findings could not be computed: {type(error).__name__}: {error}"
+    except AblationError as error:  # the results lack what a finding needs, as for the other sections
+        reason = f"findings could not be checked: {error}"
+        index.skipped.append(f"findings: {error}")
+        index.text("Findings", "findings.md", f"# Findings\n\n{reason}\n", "the paper's findings (skipped)")
+        return [reason], ""
+    except Exception as error:  # noqa: BLE001 - a bug here must not cost the tables; write_report raises after
+        reason = f"findings could not be computed: {type(error).__name__}: {error}".splitlines()[0]
+        trace = "".join(traceback.format_exception(error))
+        text = f"# Findings\n\n{reason}\n\nThis is a bug in ablation; please report it with:\n\n```\n{trace}```\n"
         index.skipped.append(f"findings: {type(error).__name__}: {error}")
-        index.text("Findings", "findings.md", f"# Findings\n\n{reason}\n", "the paper's findings (failed)")
-        return [reason]
+        index.text("Findings", "findings.md", text, "the paper's findings (failed)")
+        return [reason], reason
     index.text("Findings", "findings.md", content, "the paper's findings, checked")
     rules = [f"- {rule}" for rule in findings.decision_rules(findings.ALPHA)]
     verdicts = [f"- {f.text}" for f in checked]
-    return [f"Decision rules (alpha = {findings.ALPHA}):", "", *rules, "", "Findings:", "", *verdicts]
+    return [f"Decision rules (alpha = {findings.ALPHA}):", "", *rules, "", "Findings:", "", *verdicts], ""
 
 
 def _groups(results: Results) -> list[tuple[str, str, str]]:
