@@ -1,8 +1,9 @@
-"""Stand-in run functions for the grid tests (no tests here).
+"""Stand-in ``train_unit`` functions for the grid tests (no tests here).
 
-They follow train_run's contract cheaply: config.json and status.json when they start, a one-row
-test_metrics.csv, metrics.json last. Each entry leaves a marker file, so tests count how many times a run was
-trained. Module-level so worker processes and subprocesses can import them.
+They follow the trainer's contract cheaply (see :mod:`ablation.grid.execute`): for each run of the unit,
+config.json and status.json when it starts, a one-row test_metrics.csv, metrics.json last. Each run entered
+leaves a marker file naming the unit's size, so tests count how often a run was trained and in which packs.
+Module-level so worker processes and subprocesses can import them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ablation.config import RunConfig, to_dict
@@ -21,14 +23,22 @@ ENTRY_PREFIX = "entered-"
 
 
 def entries(run_dir: Path) -> int:
-    """How many times a run function was entered for this run folder."""
+    """How many times a trainer was entered for this run folder."""
     return len(list(Path(run_dir).glob(ENTRY_PREFIX + "*")))
 
 
-def fake_train(config: RunConfig, out_dir: Path, *, device: str | None = None, progress: bool = True) -> dict:
-    out_dir = Path(out_dir)
+def unit_sizes(run_dir: Path) -> list[int]:
+    """The size of the unit each entry of this run folder came in, oldest first."""
+    marks = sorted(Path(run_dir).glob(ENTRY_PREFIX + "*"), key=lambda p: int(p.name.split("-")[2]))
+    return [int(mark.name.rsplit("-k", 1)[1]) for mark in marks]
+
+
+def _enter(out_dir: Path, size: int) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{ENTRY_PREFIX}{os.getpid()}-{time.time_ns()}").touch()
+    (out_dir / f"{ENTRY_PREFIX}{os.getpid()}-{time.time_ns()}-k{size}").touch()
+
+
+def _train_one(config: RunConfig, out_dir: Path, device: str | None) -> dict:
     atomic_write_json(out_dir / "config.json", {**to_dict(config), "run_name": out_dir.name})
     write_status(out_dir, "running", epoch=0)
     time.sleep(float(os.environ.get("GRID_TEST_SLEEP", "0.02")))
@@ -51,55 +61,83 @@ def fake_train(config: RunConfig, out_dir: Path, *, device: str | None = None, p
     return metrics
 
 
+def fake_train(
+    configs: Sequence[RunConfig], dirs: Sequence[Path], *, device: str | None = None, progress: bool = False
+) -> None:
+    for config, out_dir in zip(configs, dirs):
+        _enter(Path(out_dir), len(configs))
+        _train_one(config, Path(out_dir), device)
+
+
 def failing_train(
-    config: RunConfig, out_dir: Path, *, device: str | None = None, progress: bool = True
-) -> dict:
-    """Raises for the no-skip subset, trains the rest."""
-    if config.model.skips == "0000":
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / f"{ENTRY_PREFIX}{os.getpid()}-{time.time_ns()}").touch()
+    configs: Sequence[RunConfig], dirs: Sequence[Path], *, device: str | None = None, progress: bool = False
+) -> None:
+    """Trains every run but the no-skip subset, then raises for that one (as a pack losing one variant)."""
+    failed = False
+    for config, out_dir in zip(configs, dirs):
+        _enter(Path(out_dir), len(configs))
+        if config.model.skips == "0000":
+            failed = True
+        else:
+            _train_one(config, Path(out_dir), device)
+    if failed:
         raise ValueError("synthetic failure in the no-skip run")
-    return fake_train(config, out_dir, device=device, progress=progress)
 
 
 def self_failing_train(
-    config: RunConfig, out_dir: Path, *, device: str | None = None, progress: bool = True
-) -> dict:
+    configs: Sequence[RunConfig], dirs: Sequence[Path], *, device: str | None = None, progress: bool = False
+) -> None:
     """Like train_run on a non-finite loss: writes its own failed status, then raises an AblationError."""
-    if config.model.skips == "0000":
-        write_status(out_dir, "failed: non-finite loss at epoch 3", epoch=3)
-        raise AblationError("non-finite loss at epoch 3")
-    return fake_train(config, out_dir, device=device, progress=progress)
+    for config, out_dir in zip(configs, dirs):
+        if config.model.skips == "0000":
+            write_status(out_dir, "failed: non-finite loss at epoch 3", epoch=3)
+            raise AblationError("non-finite loss at epoch 3")
+        fake_train([config], [out_dir], device=device)
 
 
 def crashing_train(
-    config: RunConfig, out_dir: Path, *, device: str | None = None, progress: bool = True
-) -> dict:
+    configs: Sequence[RunConfig], dirs: Sequence[Path], *, device: str | None = None, progress: bool = False
+) -> None:
     """The worker process dies (as under the kernel's OOM killer) in the no-skip run."""
-    if config.model.skips == "0000":
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_status(out_dir, "running", epoch=0)
-        os.kill(os.getpid(), signal.SIGKILL)
-    return environment_train(config, out_dir, device=device, progress=progress)
+    for config, out_dir in zip(configs, dirs):
+        if config.model.skips == "0000":
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            write_status(out_dir, "running", epoch=0)
+            os.kill(os.getpid(), signal.SIGKILL)
+    environment_train(configs, dirs, device=device)
 
 
 def silent_train(
-    config: RunConfig, out_dir: Path, *, device: str | None = None, progress: bool = True
-) -> dict:
-    """Returns without writing metrics.json: the runner must not count that run as done."""
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return {}
+    configs: Sequence[RunConfig], dirs: Sequence[Path], *, device: str | None = None, progress: bool = False
+) -> None:
+    """Returns without writing metrics.json: the runner must not count those runs as done."""
+    for out_dir in dirs:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
 
 
 def environment_train(
-    config: RunConfig, out_dir: Path, *, device: str | None = None, progress: bool = True
-) -> dict:
+    configs: Sequence[RunConfig], dirs: Sequence[Path], *, device: str | None = None, progress: bool = False
+) -> None:
     """Records the worker's CUDA_VISIBLE_DEVICES and torch threads in metrics.json."""
     import torch
 
-    metrics = fake_train(config, out_dir, device=device, progress=progress)
-    metrics.update(
-        visible=os.environ.get("CUDA_VISIBLE_DEVICES"), threads=torch.get_num_threads(), pid=os.getpid()
-    )
-    atomic_write_json(Path(out_dir) / "metrics.json", metrics)
-    return metrics
+    for config, out_dir in zip(configs, dirs):
+        _enter(Path(out_dir), len(configs))
+        metrics = _train_one(config, Path(out_dir), device)
+        metrics.update(
+            visible=os.environ.get("CUDA_VISIBLE_DEVICES"), threads=torch.get_num_threads(), pid=os.getpid()
+        )
+        atomic_write_json(Path(out_dir) / "metrics.json", metrics)
+
+
+def diverging_train(
+    configs: Sequence[RunConfig], dirs: Sequence[Path], *, device: str | None = None, progress: bool = False
+) -> None:
+    """Like the engine when one variant's loss becomes non-finite: that run's status.json says failed, the other
+    runs of the pack finish, nothing is raised."""
+    for config, out_dir in zip(configs, dirs):
+        _enter(Path(out_dir), len(configs))
+        if config.model.skips == "0000":
+            write_status(out_dir, "failed: non-finite loss at epoch 2", epoch=2)
+        else:
+            _train_one(config, Path(out_dir), device)

@@ -12,7 +12,8 @@ from test_grid_fakes import entries, fake_train
 from ablation.cli import main
 from ablation.errors import AblationError
 from ablation.grid import expand_spec, grid_status, load_spec, run_grid
-from ablation.grid.spec import check_datasets, select_names
+from ablation.grid.filters import select_names
+from ablation.grid.spec import check_datasets
 from ablation.store import name_fields, run_name
 
 TINY_TOML = (
@@ -56,7 +57,7 @@ def test_run_flags_are_checked_even_when_every_run_is_done(
     spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
 ):
     results = tmp_path / "results"
-    run_grid(expand_spec(spec), results, run_fn=fake_train, progress=False)
+    run_grid(expand_spec(spec), results, train_unit=fake_train, progress=False)
     assert main(["run", str(spec), "--out", str(results), "--no-progress", *flags]) == 2
     assert message in _error_line(capsys)
 
@@ -64,10 +65,10 @@ def test_run_flags_are_checked_even_when_every_run_is_done(
 def test_gpus_without_a_gpu_is_an_error(
     spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
-    monkeypatch.setattr("ablation.grid.local.detect_gpus", lambda: [])
+    monkeypatch.setattr("ablation.grid.gpus.detect_gpus", lambda: [])
     assert main(["run", str(spec), "--out", str(tmp_path / "r"), "--gpus", "0,1"]) == 2
     assert "no GPU found (nvidia-smi): drop --gpus" in _error_line(capsys)
-    monkeypatch.setattr("ablation.grid.local.detect_gpus", lambda: ["0"])
+    monkeypatch.setattr("ablation.grid.gpus.detect_gpus", lambda: ["0"])
     assert main(["run", str(spec), "--out", str(tmp_path / "r"), "--gpus", "0,3"]) == 2
     assert "GPU 3 not found: choose among 0" in _error_line(capsys)
     assert not (tmp_path / "r").exists(), "nothing ran"
@@ -84,7 +85,7 @@ def test_out_that_is_a_file_is_one_error_line(spec: Path, tmp_path: Path, capsys
     assert main(["demo", "--out", str(afile)]) == 2
     assert "is a file, not a folder" in _error_line(capsys)
     with pytest.raises(AblationError, match="is a file"):
-        run_grid(expand_spec(spec), afile, run_fn=fake_train, progress=False)
+        run_grid(expand_spec(spec), afile, train_unit=fake_train, progress=False)
 
 
 def test_demo_rejects_workers_below_one_and_describes_itself(capsys: pytest.CaptureFixture[str]):
@@ -143,7 +144,7 @@ def test_status_only_filters_run_names_without_spec(
 ):
     configs = expand_spec(spec)
     results = tmp_path / "results"
-    run_grid(configs, results, run_fn=fake_train, progress=False)
+    run_grid(configs, results, train_unit=fake_train, progress=False)
     assert main(["status", str(results), "--only", "_1111_"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
@@ -181,7 +182,7 @@ def test_damaged_runs_are_listed_by_status_and_never_retrained(
 ):
     configs = expand_spec(spec)
     results = tmp_path / "results"
-    run_grid(configs, results, run_fn=fake_train, progress=False)
+    run_grid(configs, results, train_unit=fake_train, progress=False)
     none_dir, all_dir = (results / run_name(c) for c in configs)
     (none_dir / "metrics.json").write_text("[1, 2]")  # finished, but its summary is not an object
     (all_dir / "metrics.json").unlink()
@@ -198,7 +199,7 @@ def test_damaged_runs_are_listed_by_status_and_never_retrained(
     )
     assert out.splitlines()[-1].endswith("0 done, 0 running, 0 failed, 0 pending, 2 damaged")
 
-    summary = run_grid(configs, results, run_fn=fake_train, progress=False)
+    summary = run_grid(configs, results, train_unit=fake_train, progress=False)
     assert summary.names("damaged") == [none_dir.name] and summary.exit_code == 1
     assert "delete its folder to train it again" in summary.format()
     assert entries(none_dir) == 1, "a finished run is not trained over"

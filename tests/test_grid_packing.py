@@ -1,22 +1,25 @@
-"""Packing in the grid runner: grouping, automatic pack size, and a packed unit trained end to end."""
+"""Packing in the grid runner: grouping, automatic pack size, packed units claimed and recorded run by run
+(with a stand-in trainer), and a packed unit trained end to end."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
+from test_grid_fakes import diverging_train, entries, failing_train, fake_train, unit_sizes
 
 from ablation.config import ModelConfig, RunConfig, TrainConfig
 from ablation.errors import AblationError
-from ablation.grid import expand_spec, run_grid
+from ablation.grid import expand_spec, grid_status, locks, run_grid
 from ablation.grid.runner import plan_units, resolve_pack_size
 from ablation.grid.spec import load_spec
 from ablation.packing import MAX_AUTO_PACK, auto_pack_size, can_pack, estimated_variant_bytes
-from ablation.store import run_name, run_status
-
-pytest.importorskip("ablation.train.engine", reason="the packed trainer is not part of this build")
+from ablation.store import read_status, run_name, run_status
 
 GIB = 1024**3
 
@@ -110,19 +113,9 @@ def test_grid_trains_a_packed_unit_and_writes_every_run(tmp_path: Path, monkeypa
 
 
 def test_gpus_and_memory_are_read_from_nvidia_smi(tmp_path: Path, monkeypatch) -> None:
-    from ablation.grid.local import detect_gpus, gpu_memory_bytes
+    from ablation.grid.gpus import detect_gpus, gpu_memory_bytes
 
-    fake = tmp_path / "nvidia-smi"
-    fake.write_text(
-        "#!/bin/sh\n"
-        'case "$1" in\n'
-        '  --query-gpu=index) printf "0\\n1\\n" ;;\n'
-        '  *) printf "0, GPU-aaa, 143771\\n1, GPU-bbb, 81559\\n" ;;\n'
-        "esac\n"
-    )
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    _fake_nvidia_smi(tmp_path, monkeypatch)
     assert detect_gpus() == ["0", "1"]
     assert gpu_memory_bytes(["0"]) == 143771 * 1024**2
     assert gpu_memory_bytes(["0", "GPU-bbb"]) == 81559 * 1024**2  # the smallest card decides
@@ -132,3 +125,76 @@ def test_gpus_and_memory_are_read_from_nvidia_smi(tmp_path: Path, monkeypatch) -
     ctrans = dataclasses.replace(big, model=dataclasses.replace(big.model, connector="uctransnet"))
     assert resolve_pack_size(None, [ctrans], "local", gpus=["1"]) == 12
     assert resolve_pack_size(None, [ctrans], "ray", gpus=["1"]) == 1
+
+
+def _fake_nvidia_smi(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An nvidia-smi on PATH that reports two GPUs (140 GiB and 80 GiB)."""
+    fake = folder / "nvidia-smi"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        '  --query-gpu=index) printf "0\\n1\\n" ;;\n'
+        '  *) printf "0, GPU-aaa, 143771\\n1, GPU-bbb, 81559\\n" ;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+TINY = {
+    "datasets": ["synthetic-nuclei"],
+    "model": {"img_size": 32, "base_channels": 4},
+    "train": {"max_epochs": 1},
+}
+
+
+def test_packed_units_claim_train_and_record_run_by_run(tmp_path: Path) -> None:
+    configs = expand_spec({**TINY, "subsets": ["none", "all", "1000", "0100", "0010", "0001"]})
+    dirs = [tmp_path / run_name(c) for c in configs]
+    run_grid([configs[1]], tmp_path, train_unit=fake_train, progress=False)  # already done
+    dirs[2].mkdir()  # held by another live runner
+    record = {"pid": os.getppid(), "host": socket.gethostname(), "started": time.time()}
+    locks.lock_path(dirs[2]).write_text(json.dumps(record))
+
+    # Five runs to do in packs of at most 3: [none, 1000 (busy), 0100] and [0010, 0001].
+    summary = run_grid(configs, tmp_path, pack_size=3, train_unit=failing_train, progress=False)
+    assert summary.names("skipped") == [dirs[1].name] and summary.names("busy") == [dirs[2].name]
+    (failed,) = summary.failed
+    assert failed.name == dirs[0].name and failed.error == "ValueError: synthetic failure in the no-skip run"
+    assert "Traceback" in read_status(dirs[0])["traceback"]
+    assert sorted(summary.names("done")) == sorted(d.name for d in dirs[3:])
+    assert [unit_sizes(d) for d in dirs] == [[2], [1], [], [2], [2], [2]], "the claimed runs train together"
+    assert summary.exit_code == 1 and not list(tmp_path.rglob(".*.tmp"))
+    assert [locks.lock_path(d).exists() for d in dirs] == [False, False, True, False, False, False]
+
+    retried = run_grid(configs, tmp_path, pack_size=3, train_unit=fake_train, progress=False)
+    assert retried.names("done") == [dirs[0].name] and retried.names("busy") == [dirs[2].name]
+    assert [entries(d) for d in dirs] == [2, 1, 0, 1, 1, 1], "nothing done is trained again"
+    assert [s.status for s in grid_status(tmp_path, configs)] == [
+        "done",
+        "done",
+        "running",
+        "done",
+        "done",
+        "done",
+    ]
+
+
+def test_a_diverged_variant_keeps_its_own_reason_and_the_pack_goes_on(tmp_path: Path) -> None:
+    configs = expand_spec({**TINY, "subsets": ["none", "all", "1000"]})
+    summary = run_grid(configs, tmp_path, pack_size=3, train_unit=diverging_train, progress=False)
+    (failed,) = summary.failed
+    assert (failed.name, failed.error) == (run_name(configs[0]), "non-finite loss at epoch 2")
+    assert read_status(tmp_path / failed.name)["status"] == "failed: non-finite loss at epoch 2"
+    assert len(summary.names("done")) == 2 and unit_sizes(tmp_path / failed.name) == [3]
+
+
+def test_grid_packs_automatically_on_a_gpu_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_nvidia_smi(tmp_path, monkeypatch)
+    configs = expand_spec({**TINY, "subsets": ["none", "all", "1000", "0100"]})
+    summary = run_grid(configs, tmp_path / "results", workers=1, train_unit=fake_train, progress=False)
+    assert len(summary.names("done")) == 4
+    assert all(unit_sizes(tmp_path / "results" / run_name(c)) == [4] for c in configs)

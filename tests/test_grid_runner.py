@@ -41,11 +41,11 @@ def _dirs(results: Path, configs: list) -> list[Path]:
 
 def test_runs_everything_once_then_skips(tmp_path: Path):
     configs = expand_spec(SPEC)
-    summary = run_grid(configs, tmp_path, run_fn=fake_train, progress=False)
+    summary = run_grid(configs, tmp_path, train_unit=fake_train, progress=False)
     assert len(summary.names("done")) == 4 and summary.exit_code == 0
     assert all(entries(d) == 1 for d in _dirs(tmp_path, configs))
     assert not list(tmp_path.rglob(locks.LOCK_FILE)), "locks are released"
-    again = run_grid(configs, tmp_path, run_fn=fake_train, progress=False)
+    again = run_grid(configs, tmp_path, train_unit=fake_train, progress=False)
     assert len(again.names("skipped")) == 4 and not again.names("done")
     assert all(entries(d) == 1 for d in _dirs(tmp_path, configs))
     assert json.loads((tmp_path / "grid.json").read_text())["runs"] == [run_name(c) for c in configs]
@@ -53,7 +53,7 @@ def test_runs_everything_once_then_skips(tmp_path: Path):
 
 def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     configs = expand_spec(SPEC)
-    summary = run_grid(configs, tmp_path, run_fn=failing_train, progress=False)
+    summary = run_grid(configs, tmp_path, train_unit=failing_train, progress=False)
     assert summary.exit_code == 1
     assert len(summary.names("done")) == 3
     (failed,) = summary.failed
@@ -68,16 +68,16 @@ def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path: Path, capsys: py
     assert states[failed.name].detail == "ValueError: synthetic failure in the no-skip run"
 
     # Left failed when asked, retried by default (and now it succeeds).
-    kept = run_grid(configs, tmp_path, run_fn=fake_train, progress=False, retry_failed=False)
+    kept = run_grid(configs, tmp_path, train_unit=fake_train, progress=False, retry_failed=False)
     assert [o.name for o in kept.failed] == [failed.name] and entries(tmp_path / failed.name) == 1
-    retried = run_grid(configs, tmp_path, run_fn=fake_train, progress=False)
+    retried = run_grid(configs, tmp_path, train_unit=fake_train, progress=False)
     assert retried.names("done") == [failed.name] and retried.exit_code == 0
     assert entries(tmp_path / failed.name) == 2
 
 
 def test_run_function_failure_status_is_kept(tmp_path: Path):
     configs = expand_spec(SPEC)
-    summary = run_grid(configs, tmp_path, run_fn=self_failing_train, progress=False)
+    summary = run_grid(configs, tmp_path, train_unit=self_failing_train, progress=False)
     (failed,) = summary.failed
     assert failed.error == "non-finite loss at epoch 3"
     assert read_status(tmp_path / failed.name)["status"] == "failed: non-finite loss at epoch 3"
@@ -85,7 +85,7 @@ def test_run_function_failure_status_is_kept(tmp_path: Path):
 
 def test_run_without_metrics_is_not_done(tmp_path: Path):
     (config,) = expand_spec({**SPEC, "subsets": ["all"]})
-    (outcome,) = execute_unit([config], tmp_path, run_fn=silent_train)
+    (outcome,) = execute_unit([config], tmp_path, train_unit=silent_train)
     assert outcome.outcome == "failed" and "without writing metrics.json" in outcome.error
     assert grid_status(tmp_path, [config])[0].status == "failed"
 
@@ -129,7 +129,7 @@ def test_locked_run_is_left_to_its_owner(tmp_path: Path):
     busy_dir = tmp_path / run_name(configs[0])
     busy_dir.mkdir()
     _write_lock(busy_dir, pid=os.getppid(), host=socket.gethostname())  # a live process that is not us
-    summary = run_grid(configs, tmp_path, run_fn=fake_train, progress=False)
+    summary = run_grid(configs, tmp_path, train_unit=fake_train, progress=False)
     assert summary.names("busy") == [busy_dir.name] and len(summary.names("done")) == 3
     assert entries(busy_dir) == 0
     assert grid_status(tmp_path, configs)[0].status == "running"
@@ -143,7 +143,7 @@ def test_interrupted_run_resumes_and_leftover_temp_files_go(tmp_path: Path):
     (run_dir / ".metrics.json.abc.tmp").write_text("{half")
     (state,) = grid_status(tmp_path, [config])
     assert (state.status, state.detail) == ("pending", "interrupted at epoch 4, resumes")
-    run_grid([config], tmp_path, run_fn=fake_train, progress=False)
+    run_grid([config], tmp_path, train_unit=fake_train, progress=False)
     assert grid_status(tmp_path, [config])[0].status == "done"
     assert not list(run_dir.glob("*.tmp"))
 
@@ -168,7 +168,7 @@ def test_worker_devices_pin_round_robin():
 def test_worker_processes_pin_gpus_and_survive_a_dead_worker(tmp_path: Path):
     """Spawned workers (two fake GPU ids) pin CUDA_VISIBLE_DEVICES; a worker killed mid-run fails only its run."""
     configs = expand_spec(SPEC)
-    summary = run_grid(configs, tmp_path, gpus=["7", "9"], run_fn=crashing_train, progress=False)
+    summary = run_grid(configs, tmp_path, gpus=["7", "9"], train_unit=crashing_train, progress=False)
     (failed,) = summary.failed
     assert failed.name == run_name(configs[0]) and "worker process died with exit code -9" in failed.error
     assert read_status(tmp_path / failed.name)["status"].startswith("failed: worker process died")
@@ -180,7 +180,9 @@ def test_worker_processes_pin_gpus_and_survive_a_dead_worker(tmp_path: Path):
             1, len(os.sched_getaffinity(0)) // 2
         )
 
-    rerun = run_grid(configs, tmp_path, workers=2, gpus=["7", "9"], run_fn=environment_train, progress=False)
+    rerun = run_grid(
+        configs, tmp_path, workers=2, gpus=["7", "9"], train_unit=environment_train, progress=False
+    )
     assert rerun.names("done") == [failed.name]
     metrics = json.loads((tmp_path / failed.name / "metrics.json").read_text())
     assert metrics["visible"] in ("7", "9") and metrics["pid"] != os.getpid()
@@ -195,7 +197,7 @@ def test_two_concurrent_runners_never_train_a_run_twice(tmp_path: Path):
         "from test_grid_fakes import fake_train;"
         "from ablation.grid import expand_spec, run_grid;"
         "from test_grid_runner import SPEC;"
-        "s = run_grid(expand_spec({**SPEC, 'subsets': 'all'}), sys.argv[2], run_fn=fake_train, progress=False);"
+        "s = run_grid(expand_spec({**SPEC, 'subsets': 'all'}), sys.argv[2], train_unit=fake_train, progress=False);"
         "print(len(s.names('done')), len(s.names('busy')), len(s.names('skipped')))"
     )
     env = {**os.environ, "GRID_TEST_SLEEP": "0.15"}
@@ -224,7 +226,7 @@ def test_status_command_lists_every_state(tmp_path: Path, capsys: pytest.Capture
     )
     configs = expand_spec(spec_path)
     results = tmp_path / "results"
-    run_grid(configs[:2], results, run_fn=failing_train, progress=False)
+    run_grid(configs[:2], results, train_unit=failing_train, progress=False)
     _write_lock(results / run_name(configs[2]), pid=os.getppid(), host=socket.gethostname())
 
     assert main(["status", str(results), "--spec", str(spec_path)]) == 0

@@ -14,7 +14,7 @@ from ablation.errors import AblationError
 if TYPE_CHECKING:
     from ablation.config import RunConfig
 
-    from .runner import RunState
+    from .status import RunState
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_SPEC = REPO_ROOT / "experiments" / "demo.toml"
@@ -24,7 +24,7 @@ DEMO_OUT = "results/demo"
 def _demo_workers() -> int:
     """One single-threaded worker per core (up to 8): tiny runs gain nothing from several threads each, and
     on a busy 2-core machine two threads per run were measured up to 20x slower per epoch than one."""
-    from .local import available_cores
+    from .gpus import available_cores
 
     return max(1, min(available_cores(), 8))
 
@@ -101,9 +101,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from .local import check_gpus, parse_gpus
-    from .runner import check_results_dir, grid_status, run_grid
+    from .gpus import check_gpus, parse_gpus
+    from .runner import check_results_dir, run_grid
     from .spec import check_datasets, expand_spec, load_spec, parse_pack_size
+    from .status import grid_status
 
     # The flags first: a bad value is an error even when every run is done and nothing would use it.
     _check_positive(args.workers, "--workers")
@@ -146,8 +147,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from .runner import grid_status
-    from .spec import expand_spec, select_names
+    from .filters import select_names
+    from .spec import expand_spec
+    from .status import grid_status
 
     results_dir = Path(args.results_dir)
     if args.spec is None and not results_dir.is_dir():
@@ -187,9 +189,9 @@ def demo_command(args: argparse.Namespace) -> int:
     )
     print(summary.format())
     if not args.no_report:
-        report = _write_report(Path(args.out))
-        if report is not None:
-            print(f"report: {report}")
+        from ablation.report import write_report
+
+        print(f"report: {write_report(Path(args.out))}")
     print(f"demo finished in {time.time() - started:.0f} s")
     return summary.exit_code
 
@@ -199,17 +201,8 @@ def _check_positive(value: int | None, flag: str) -> None:
         raise AblationError(f"{flag} must be >= 1, got {value}")
 
 
-def _write_report(results_dir: Path) -> Path | None:
-    try:
-        from ablation.report import write_report
-    except ImportError as error:  # the report area is optional in a partial build
-        print(f"no report: the report module cannot be imported ({error})")
-        return None
-    return write_report(results_dir)
-
-
 def _selected(configs: list[RunConfig], filters: list[str] | None) -> list[RunConfig]:
-    from .spec import select_runs
+    from .filters import select_runs
 
     selected = select_runs(configs, filters)
     if not selected:

@@ -1,10 +1,9 @@
 """Local scheduling: worker processes on this machine, one (or a few) per GPU, or CPU workers without a GPU.
 
 Workers are started with the ``spawn`` context, so each is a fresh interpreter: it sets CUDA_VISIBLE_DEVICES to
-its GPU and the thread count *before* torch is imported there (the run function is sent pickled and unpickled
-only after that). The parent never imports torch to count GPUs: it asks ``nvidia-smi`` (or honours
-CUDA_VISIBLE_DEVICES), which neither loads the CUDA driver into the runner nor takes GPU memory; torch is the
-fallback only where nvidia-smi is missing. Workers die with the runner (Linux ``PR_SET_PDEATHSIG``), so a killed
+its GPU and the thread count *before* torch is imported there (``train_unit`` is sent pickled and unpickled
+only after that), then executes units with :func:`ablation.grid.execute.execute_unit`. GPUs are found by
+:mod:`ablation.grid.gpus` without torch. Workers die with the runner (Linux ``PR_SET_PDEATHSIG``), so a killed
 runner leaves stale locks that the next runner breaks, not orphans that keep training.
 """
 
@@ -12,9 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,95 +20,11 @@ from typing import Any
 
 from ablation.config import RunConfig
 from ablation.errors import AblationError
-from ablation.store import METRICS_FILE, run_name, write_status
 
-from . import locks
-from .runner import RunFunction, RunOutcome, execute_unit
+from .execute import RunOutcome, TrainUnit, execute_unit, fail_abandoned_runs
+from .gpus import available_cores, detect_gpus
 
 POLL_SECONDS = 0.2
-
-
-def detect_gpus() -> list[str]:
-    """GPU ids this machine offers, as CUDA_VISIBLE_DEVICES entries; empty without a GPU."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:  # the user already restricted the GPUs; ids may be indices or UUIDs
-        return [gpu.strip() for gpu in visible.split(",") if gpu.strip() and not gpu.strip().startswith("-")]
-    rows = _query_gpus(("index",))
-    if rows is not None:
-        return [row[0] for row in rows if row[0].isdigit()]
-    try:
-        import torch
-    except ImportError:
-        return []
-    return [str(index) for index in range(torch.cuda.device_count())]
-
-
-def gpu_memory_bytes(gpus: Sequence[str]) -> float:
-    """Total memory of the smallest of these GPUs in bytes (via nvidia-smi), or 0 when it cannot be read."""
-    rows = _query_gpus(("index", "uuid", "memory.total")) if gpus else None
-    sizes = [
-        float(memory) * 1024**2  # MiB
-        for index, uuid, memory in (row for row in rows or [] if len(row) == 3)
-        if (index in gpus or uuid in gpus) and memory.isdigit()
-    ]
-    return min(sizes) if sizes else 0.0
-
-
-def _query_gpus(fields: Sequence[str]) -> list[list[str]] | None:
-    """Rows of ``nvidia-smi --query-gpu`` (one list of field values per GPU); None without a working nvidia-smi."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return None
-    try:
-        listing = subprocess.run(
-            [smi, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return [[part.strip() for part in line.split(",")] for line in listing.splitlines() if line.strip()]
-
-
-def parse_gpus(text: str | None) -> list[str] | None:
-    """``"0,1"`` -> ``["0", "1"]``; None stays None (use every visible GPU).
-
-    Raises:
-        AblationError: for an empty list or an entry that is neither an index nor a GPU/MIG UUID.
-    """
-    if text is None:
-        return None
-    gpus = [gpu.strip() for gpu in text.split(",") if gpu.strip()]
-    bad = [gpu for gpu in gpus if not (gpu.isdigit() or gpu.startswith(("GPU-", "MIG-")))]
-    if not gpus or bad:
-        raise AblationError(
-            f"--gpus {text!r}: expected a comma-separated list of GPU indices (such as 0,1) or GPU UUIDs"
-        )
-    return gpus
-
-
-def check_gpus(gpus: Sequence[str]) -> None:
-    """Check that the GPUs named by ``--gpus`` exist, so a grid never falls back to the CPU unasked.
-
-    Raises:
-        AblationError: when this machine has no GPU, or an index is not among its GPUs.
-    """
-    found = detect_gpus()
-    if not found:
-        raise AblationError("no GPU found (nvidia-smi): drop --gpus to train on the CPU")
-    if all(gpu.isdigit() for gpu in found):  # UUIDs cannot be compared with indices; the worker will tell
-        absent = [gpu for gpu in gpus if gpu.isdigit() and gpu not in found]
-        if absent:
-            raise AblationError(f"--gpus: GPU {absent[0]} not found: choose among {', '.join(found)}")
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def worker_devices(workers: int | None, gpus: Sequence[str] | None, workers_per_gpu: int) -> list[str | None]:
@@ -134,7 +47,7 @@ def run_units_local(
     workers: int | None,
     gpus: Sequence[str] | None,
     workers_per_gpu: int,
-    run_fn: RunFunction | None,
+    train_unit: TrainUnit | None,
     retry_failed: bool,
     progress: bool,
     on_outcomes: Callable[[list[RunOutcome]], None],
@@ -147,18 +60,18 @@ def run_units_local(
         show_run_bars = progress and sys.stderr.isatty()
         for unit in units:
             outcomes = execute_unit(
-                unit, results_dir, run_fn=run_fn, progress=show_run_bars, retry_failed=retry_failed
+                unit, results_dir, train_unit=train_unit, progress=show_run_bars, retry_failed=retry_failed
             )
             on_outcomes(outcomes)
         return
-    _run_in_workers(units, results_dir, devices[: len(units)], run_fn, retry_failed, on_outcomes)
+    _run_in_workers(units, results_dir, devices[: len(units)], train_unit, retry_failed, on_outcomes)
 
 
 def _run_in_workers(
     units: Sequence[Sequence[RunConfig]],
     results_dir: Path,
     devices: list[str | None],
-    run_fn: RunFunction | None,
+    train_unit: TrainUnit | None,
     retry_failed: bool,
     on_outcomes: Callable[[list[RunOutcome]], None],
 ) -> None:
@@ -174,7 +87,7 @@ def _run_in_workers(
     for _ in devices:
         tasks.put(None)  # one stop sign per worker
     threads = max(1, available_cores() // len(devices))
-    payload = pickle.dumps(run_fn)
+    payload = pickle.dumps(train_unit)
 
     def start(slot: int) -> Any:
         process = context.Process(
@@ -239,17 +152,7 @@ def _replace_dead_workers(
             continue
         index = in_flight.pop(slot)
         reason = f"worker process died with exit code {process.exitcode}"
-        outcomes = []
-        for config in units[index]:
-            run_dir = results_dir / run_name(config)
-            if (run_dir / METRICS_FILE).exists():
-                outcomes.append(RunOutcome(run_dir.name, "done"))
-                continue
-            owner = locks.read_owner(run_dir)
-            if owner is not None and owner.pid == process.pid:
-                write_status(run_dir, f"failed: {reason}", error=reason)
-                locks.lock_path(run_dir).unlink(missing_ok=True)
-            outcomes.append(RunOutcome(run_dir.name, "failed", reason))
+        outcomes = fail_abandoned_runs(units[index], results_dir, process.pid, reason)
         remaining.discard(index)
         on_outcomes(outcomes)
         processes[slot] = start(slot)
@@ -275,14 +178,16 @@ def _worker_main(
     import torch  # only now: CUDA_VISIBLE_DEVICES and the thread variables are read at import
 
     torch.set_num_threads(threads)
-    run_fn = pickle.loads(payload)
+    train_unit = pickle.loads(payload)
     while True:
         task = tasks.get()
         if task is None:
             return
         index, unit = task
         results.put(("start", slot, index, None))
-        outcomes = execute_unit(unit, results_dir, run_fn=run_fn, progress=False, retry_failed=retry_failed)
+        outcomes = execute_unit(
+            unit, results_dir, train_unit=train_unit, progress=False, retry_failed=retry_failed
+        )
         results.put(("outcomes", slot, index, outcomes))
 
 

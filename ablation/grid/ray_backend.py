@@ -18,7 +18,7 @@ from ablation.config import RunConfig
 from ablation.errors import AblationError
 from ablation.store import run_name
 
-from .runner import RunFunction, RunOutcome, execute_unit
+from .execute import RunOutcome, TrainUnit, execute_unit
 
 
 def import_ray() -> Any:
@@ -35,7 +35,7 @@ def run_units_ray(
     *,
     address: str | None,
     cpus_per_run: int,
-    run_fn: RunFunction | None,
+    train_unit: TrainUnit | None,
     retry_failed: bool,
     on_outcomes: Callable[[list[RunOutcome]], None],
 ) -> None:
@@ -61,7 +61,7 @@ def run_units_ray(
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         task = ray.remote(_ray_task).options(num_cpus=cpus_per_run, num_gpus=gpus, max_retries=0)
         pending = {
-            task.remote(list(unit), str(results_dir), run_fn, retry_failed, cpus_per_run): unit
+            task.remote(list(unit), str(results_dir), train_unit, retry_failed, cpus_per_run): unit
             for unit in units
         }
         while pending:
@@ -79,11 +79,11 @@ def run_units_ray(
 
 
 def _ray_task(
-    unit: list[RunConfig], results_dir: str, run_fn: RunFunction | None, retry_failed: bool, threads: int
+    unit: list[RunConfig], results_dir: str, train_unit: TrainUnit | None, retry_failed: bool, threads: int
 ) -> list[RunOutcome]:
     """Runs inside a Ray worker: Ray has set CUDA_VISIBLE_DEVICES; limit torch's threads to the CPUs reserved."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
-    return execute_unit(unit, results_dir, run_fn=run_fn, progress=False, retry_failed=retry_failed)
+    return execute_unit(unit, results_dir, train_unit=train_unit, progress=False, retry_failed=retry_failed)

@@ -1,4 +1,4 @@
-"""Experiment specs: TOML files in ``experiments/`` that expand into a grid of runs.
+"""Experiment specs: TOML (or JSON) files in ``experiments/`` that expand into a grid of runs.
 
 A spec names the scientific knobs of a skip-connection study (connector, skip subset; UCTransNet, Wang et al.,
 AAAI 2022, Fig. 3 and Table 3), the data and the replicates (seeds, folds, repeats), and overrides of the fixed
@@ -18,16 +18,18 @@ training and model settings. It expands into one :class:`~ablation.config.RunCon
     [model]
     img_size = 224
 
-Unknown keys, at the top level or in ``[train]``/``[model]``, raise an AblationError naming the key and listing
-the valid ones. No torch import here.
+Parsing has two steps. :func:`_normalise` turns the keys that take several forms (``datasets``, ``connectors``
+and ``subsets``, ``folds`` and ``num_folds``, ``pack_size``) into the fields of :class:`GridSpec`; then
+:func:`ablation.config.from_dict` checks every field's type, and builds ``[train]`` and ``[model]`` as the
+:class:`~ablation.config.TrainConfig` and :class:`~ablation.config.ModelConfig` every run starts from, exactly
+as ``ablation train --config`` does. Unknown keys and invalid values raise an AblationError naming the file and
+the key and listing the valid choices. No torch import here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import itertools
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,26 +42,13 @@ from ablation.config import (
     RunConfig,
     TrainConfig,
     check_connector,
+    check_interpolation,
     from_dict,
-    to_dict,
+    read_config_file,
 )
 from ablation.errors import AblationError
-from ablation.skips import expand_subsets, parse_skips
-from ablation.store import (
-    dataset_slug,  # the dataset part of run folder names
-    name_fields,
-    run_id,
-    run_name,
-    split_name,
-)
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 only
-    try:
-        import tomli as tomllib
-    except ModuleNotFoundError:
-        tomllib = None
+from ablation.skips import expand_subsets
+from ablation.store import run_name
 
 SPEC_KEYS: dict[str, str] = {
     "name": "grid name (default: the spec file's stem)",
@@ -81,6 +70,8 @@ SPEC_KEYS: dict[str, str] = {
     "train": "table of TrainConfig overrides",
     "model": "table of ModelConfig overrides (connector and skips come from the grid axes)",
 }
+# Spec keys that are GridSpec fields as they are; the others are normalised first.
+_PLAIN_KEYS = ("description", "seeds", "repeats", "test_time_masks", "interpolation", "train", "model")
 DATASET_KEYS = ("name", "data_root")
 # Set by the grid's own axes; an override in [model]/[train] would be silently replaced, so it is refused.
 _AXIS_KEYS = {
@@ -107,6 +98,10 @@ class DatasetEntry:
     name: str  # a known dataset name or a folder in the reference layout
     data_root: str | None = None
 
+    def __post_init__(self) -> None:
+        if not self.name or self.data_root == "":
+            raise AblationError(f"'datasets' entries need a non-empty name and data_root, got {self!r}")
+
 
 @dataclass(frozen=True)
 class GridSpec:
@@ -124,9 +119,36 @@ class GridSpec:
     test_time_masks: bool = False
     interpolation: str = "reference"  # how images are resized (RunConfig.interpolation)
     pack_size: int | None = None  # None: automatic (packs on GPU sized to its memory, single runs on CPU)
-    train: dict[str, Any] = field(default_factory=dict)
-    model: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)  # test_time_masks comes from the spec's own key
+    model: ModelConfig = field(default_factory=ModelConfig)  # connector and skips come from ``variants``
+    description: str = ""
     source: str | None = None  # the spec file, for messages
+
+    def __post_init__(self) -> None:
+        for key in ("name", "out", "datasets", "variants", "seeds", "folds"):
+            if not getattr(self, key):
+                raise AblationError(f"{key!r} must not be empty")
+        for connector, _ in self.variants:
+            check_connector(connector)
+        for seed in self.seeds:
+            if seed < 0:
+                raise AblationError(f"'seeds' must be integers >= 0, got {seed}")
+        check_interpolation(self.interpolation)
+        for key, minimum in (("num_folds", 2), ("repeats", 1)):
+            if getattr(self, key) < minimum:
+                raise AblationError(f"{key!r} must be an integer >= {minimum}, got {getattr(self, key)!r}")
+        object.__setattr__(self, "folds", tuple(dict.fromkeys(self.folds)))
+        if None in self.folds and self.folds != (None,):
+            raise AblationError(f"'folds' mixes the official split with fold indices: {list(self.folds)}")
+        bad = [fold for fold in self.folds if fold is not None and not 0 <= fold < self.num_folds]
+        if bad:
+            raise AblationError(
+                f"fold {bad[0]} out of range for num_folds = {self.num_folds}: choose 0..{self.num_folds - 1}"
+            )
+        if self.folds == (None,) and self.repeats != 1:
+            raise AblationError(
+                f"'repeats' = {self.repeats} needs k-fold 'folds' (repeats re-split the folds)"
+            )
 
     def expand(self) -> list[RunConfig]:
         """One RunConfig per run, without duplicates.
@@ -134,13 +156,9 @@ class GridSpec:
         Replicates (repeat, fold, seed) vary slowest, so a partly finished grid already covers every subset and
         connector for the first replicates.
         """
-        train = from_dict(TrainConfig, self.train, "train")
-        base_model = to_dict(from_dict(ModelConfig, self.model, "model"))
         configs: dict[str, RunConfig] = {}
         grid = itertools.product(range(self.repeats), self.folds, self.seeds, self.datasets, self.variants)
         for repeat, fold, seed, entry, (connector, skips) in grid:
-            model = from_dict(ModelConfig, {**base_model, "connector": connector, "skips": skips})
-            masked = self.test_time_masks and skips == "1111"
             config = RunConfig(
                 dataset=entry.name,
                 seed=seed,
@@ -149,92 +167,46 @@ class GridSpec:
                 num_folds=self.num_folds,
                 data_root=entry.data_root,
                 interpolation=self.interpolation,
-                model=model,
-                train=dataclasses.replace(train, test_time_masks=True) if masked else train,
+                model=dataclasses.replace(self.model, connector=connector, skips=skips),
+                train=dataclasses.replace(
+                    self.train, test_time_masks=self.test_time_masks and skips == "1111"
+                ),
             )
             configs.setdefault(run_name(config), config)
         return list(configs.values())
 
 
 def load_spec(spec: str | Path | dict[str, Any]) -> GridSpec:
-    """Parse and validate a spec file (or an already-loaded dict).
+    """Parse and validate a spec file (``.toml`` or ``.json``) or an already-loaded dict.
 
     Raises:
         AblationError: for a missing or malformed file, an unknown key, or an invalid value; the message names
             the file and key and lists the valid choices.
     """
     if isinstance(spec, dict):
-        data, where, default_name = dict(spec), "spec", "grid"
+        data, where, default_name, source = dict(spec), "spec", "grid", None
     else:
         path = Path(spec)
-        where, default_name = str(path), path.stem
-        data = _read_toml(path)
-    unknown = [key for key in data if key not in SPEC_KEYS]
-    if unknown:
-        raise AblationError(f"{where}: unknown key {unknown[0]!r}: valid keys are {', '.join(SPEC_KEYS)}")
-
-    name = _string(data.get("name", default_name), "name", where)
-    out = _string(data.get("out", f"results/{name}"), "out", where)
-    data_root = data.get("data_root")
-    if data_root is not None:
-        data_root = _string(data_root, "data_root", where)
-    if "datasets" not in data:
-        raise AblationError(f"{where}: missing key 'datasets' (a list of dataset names or folders)")
-    datasets = tuple(
-        _dataset_entry(item, data_root, where) for item in _list(data["datasets"], "datasets", where)
-    )
-    variants = _variants(data.get("connectors"), data.get("subsets", "all"), where)
-    seeds = tuple(_integer(s, "seeds", where) for s in _list(data.get("seeds", [0]), "seeds", where))
-    folds, num_folds = _folds(data.get("folds", "official"), data.get("num_folds"), where)
-    repeats = _integer(data.get("repeats", 1), "repeats", where, minimum=1)
-    if folds == (None,) and repeats != 1:
-        raise AblationError(
-            f"{where}: 'repeats' = {repeats} needs k-fold 'folds' (repeats re-split the folds)"
+        data, where, default_name, source = (
+            read_config_file(path, "spec file"),
+            str(path),
+            path.stem,
+            str(path),
         )
-    test_time_masks = data.get("test_time_masks", False)
-    if not isinstance(test_time_masks, bool):
-        raise AblationError(f"{where}: 'test_time_masks' must be true or false, got {test_time_masks!r}")
-    pack_size = parse_pack_size(data.get("pack_size", "auto"), f"{where}: 'pack_size'")
-    interpolation = _string(data.get("interpolation", "reference"), "interpolation", where)
-    if interpolation not in INTERPOLATIONS:
-        raise AblationError(
-            f"{where}: unknown interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}"
-        )
-    overrides = {}
-    for section, cls in (("train", TrainConfig), ("model", ModelConfig)):
-        table = data.get(section, {})
-        if not isinstance(table, dict):
-            raise AblationError(f"{where}: [{section}] must be a table of {cls.__name__} keys")
-        for key, axis in _AXIS_KEYS[section].items():
-            if key in table:
-                raise AblationError(
-                    f"{where}: '{section}.{key}' is set by the top-level key {axis!r}; use that"
-                )
-        _checked(from_dict, cls, table, section, where=where)  # unknown keys and bad values, early
-        overrides[section] = dict(table)
-    return GridSpec(
-        name=name,
-        out=out,
-        datasets=datasets,
-        variants=variants,
-        seeds=seeds,
-        folds=folds,
-        num_folds=num_folds,
-        repeats=repeats,
-        test_time_masks=test_time_masks,
-        interpolation=interpolation,
-        pack_size=pack_size,
-        train=overrides["train"],
-        model=overrides["model"],
-        source=None if isinstance(spec, dict) else where,
-    )
+    try:
+        fields = _normalise(data, default_name)
+        return from_dict(GridSpec, {**fields, "source": source})
+    except AblationError as error:
+        raise AblationError(f"{where}: {error}") from None
 
 
 def expand_spec(spec: str | Path | dict[str, Any] | GridSpec) -> list[RunConfig]:
     """The runs of a spec file, a spec dict or a parsed :class:`GridSpec`, in grid order."""
     grid = spec if isinstance(spec, GridSpec) else load_spec(spec)
-    where = grid.source or "spec"
-    return _checked(grid.expand, where=where)
+    try:
+        return grid.expand()
+    except AblationError as error:
+        raise AblationError(f"{grid.source or 'spec'}: {error}") from None
 
 
 def check_datasets(
@@ -276,192 +248,85 @@ def check_datasets(
     return warnings
 
 
-# --only filters ---------------------------------------------------------------------------------------------
-
-FILTER_KEYS: dict[str, str] = {
-    "dataset": "dataset name or folder",
-    "connector": "connector name",
-    "skips": "skip subset (any form parse_skips accepts)",
-    "seed": "seed",
-    "fold": "fold index or 'official'",
-    "repeat": "k-fold repeat",
-    "split": "official or r<repeat>f<fold>",
-    "run_id": "the 8-character config hash",
-}
+# the keys that take several forms ------------------------------------------------------------------------------
 
 
-def run_fields(config: RunConfig) -> dict[str, str]:
-    """The values ``--only key=value`` filters match, as strings."""
-    return {
-        "dataset": config.dataset,
-        "connector": config.model.connector,
-        "skips": config.model.skips,
-        "seed": str(config.seed),
-        "fold": "official" if config.fold is None else str(config.fold),
-        "repeat": str(config.repeat),
-        "split": split_name(config),
-        "run_id": run_id(config),
-    }
+def _normalise(data: dict[str, Any], default_name: str) -> dict[str, Any]:
+    """The spec's keys as :class:`GridSpec` fields (types are checked afterwards by ``from_dict``)."""
+    unknown = [key for key in data if key not in SPEC_KEYS]
+    if unknown:
+        raise AblationError(f"unknown key {unknown[0]!r}: valid keys are {', '.join(SPEC_KEYS)}")
+    if "datasets" not in data:
+        raise AblationError("missing key 'datasets' (a list of dataset names or folders)")
+    for section, axes in _AXIS_KEYS.items():
+        table = data.get(section, {})
+        for key, axis in axes.items():
+            if isinstance(table, dict) and key in table:
+                raise AblationError(f"'{section}.{key}' is set by the top-level key {axis!r}; use that")
+    fields = {key: data[key] for key in _PLAIN_KEYS if key in data}
+    fields["name"] = data.get("name", default_name)
+    fields["out"] = data.get("out", f"results/{fields['name']}")
+    fields["datasets"] = [_dataset_entry(item, data.get("data_root")) for item in _listed(data, "datasets")]
+    fields["variants"] = _variants(data.get("connectors"), data.get("subsets", "all"))
+    fields["folds"], fields["num_folds"] = _folds(data.get("folds", "official"), data.get("num_folds"))
+    fields["pack_size"] = parse_pack_size(data.get("pack_size", "auto"), "'pack_size'")
+    return fields
 
 
-def select_runs(configs: list[RunConfig], filters: list[str] | None) -> list[RunConfig]:
-    """Keep the runs matching every filter.
-
-    A filter is ``key=value`` (keys: see :data:`FILTER_KEYS`; several values as ``key=a|b``), a glob on the run
-    name when it holds ``*``, ``?`` or ``[``, else a substring of the run name. A comma separates filters that
-    must all match, like repeating ``--only``.
-    """
-    terms = _terms(filters)
-    return [
-        config
-        for config in configs
-        if all(_matches(run_fields(config), run_name(config), term) for term in terms)
-    ]
-
-
-def select_names(names: list[str], filters: list[str] | None) -> list[str]:
-    """Keep the run folder names matching every filter, as :func:`select_runs` does, without the configs.
-
-    ``key=value`` filters read the fields from the name (:func:`name_fields`); a name in another form matches
-    substring and glob filters only.
-    """
-    terms = _terms(filters)
-    return [name for name in names if all(_matches(name_fields(name), name, term) for term in terms)]
-
-
-def _terms(filters: list[str] | None) -> list[str]:
-    return [term.strip() for text in filters or [] for term in text.split(",") if term.strip()]
-
-
-def _matches(fields: dict[str, str] | None, name: str, term: str) -> bool:
-    if "=" in term:
-        key, _, value = term.partition("=")
-        key = key.strip()
-        if key not in FILTER_KEYS:
-            raise AblationError(f"--only: unknown key {key!r}: valid keys are {', '.join(FILTER_KEYS)}")
-        wanted = [v.strip() for v in value.split("|")]
-        if key == "skips":
-            wanted = [parse_skips(v) for v in wanted]
-        if fields is None:
-            return False
-        if key == "dataset":  # a name holds the dataset's short form; "glas" and "data/GlaS" both match it
-            return fields[key] in wanted or dataset_slug(fields[key]) in {dataset_slug(w) for w in wanted}
-        return fields[key] in wanted
-    if any(char in term for char in "*?["):
-        return fnmatch.fnmatchcase(name, term)
-    return term in name
-
-
-# helpers ----------------------------------------------------------------------------------------------------
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    if tomllib is None:  # pragma: no cover - Python 3.10 without tomli
-        raise AblationError("reading TOML specs on Python 3.10 needs tomli: pip install tomli")
-    if not path.is_file():
-        raise AblationError(f"spec file not found: {path}")
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as error:
-        raise AblationError(f"{path}: invalid TOML: {error}") from None
-    except UnicodeDecodeError as error:  # tomllib decodes the bytes itself and lets this through
-        raise AblationError(
-            f"{path}: not a TOML text file (byte {error.start} is not UTF-8); give an experiment spec"
-        ) from None
-    except OSError as error:
-        raise AblationError(f"cannot read spec file {path}: {error.strerror or error}") from None
-
-
-def _checked(function: Any, *args: Any, where: str, **kwargs: Any) -> Any:
-    """Call ``function``, prefixing any AblationError with the spec file it came from."""
-    try:
-        return function(*args, **kwargs)
-    except AblationError as error:
-        raise AblationError(f"{where}: {error}") from None
-
-
-def _string(value: Any, key: str, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise AblationError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _list(value: Any, key: str, where: str) -> list[Any]:
+def _listed(data: dict[str, Any], key: str, default: Any = None) -> list[Any]:
+    value = data.get(key, default)
     if not isinstance(value, list) or not value:
-        raise AblationError(f"{where}: {key!r} must be a non-empty list, got {value!r}")
+        raise AblationError(f"{key!r} must be a non-empty list, got {value!r}")
     return value
 
 
-def _integer(value: Any, key: str, where: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise AblationError(f"{where}: {key!r} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _dataset_entry(item: Any, data_root: str | None, where: str) -> DatasetEntry:
+def _dataset_entry(item: Any, data_root: Any) -> dict[str, Any]:
+    """A dataset name or folder, or a table ``{name, data_root}``; the top-level data_root is the default."""
     if isinstance(item, str):
-        return DatasetEntry(name=_string(item, "datasets", where), data_root=data_root)
+        return {"name": item, "data_root": data_root}
     if isinstance(item, dict):
         unknown = [key for key in item if key not in DATASET_KEYS]
         if unknown:
             raise AblationError(
-                f"{where}: unknown key {('datasets.' + unknown[0])!r}: valid keys are {', '.join(DATASET_KEYS)}"
+                f"unknown key {('datasets.' + unknown[0])!r}: valid keys are {', '.join(DATASET_KEYS)}"
             )
         if "name" not in item:
-            raise AblationError(f"{where}: a dataset table needs 'name'")
-        root = item.get("data_root", data_root)
-        return DatasetEntry(
-            name=_string(item["name"], "datasets.name", where),
-            data_root=None if root is None else _string(root, "datasets.data_root", where),
-        )
-    raise AblationError(f"{where}: 'datasets' entries must be names, folders or tables, got {item!r}")
+            raise AblationError("a dataset table needs 'name'")
+        return {"data_root": data_root, **item}
+    raise AblationError(f"'datasets' entries must be names, folders or tables, got {item!r}")
 
 
-def _variants(connectors: Any, subsets: Any, where: str) -> tuple[tuple[str, str], ...]:
+def _variants(connectors: Any, subsets: Any) -> list[tuple[str, str]]:
     """(connector, subset) pairs from ``connectors`` and ``subsets`` (a selection, or a table per connector)."""
     if connectors is None:
         connectors = list(subsets) if isinstance(subsets, dict) else ["unet"]
-    names = [
-        _checked(check_connector, _string(c, "connectors", where), where=where)
-        for c in _list(connectors, "connectors", where)
-    ]
+    names = list(dict.fromkeys(check_connector(c) for c in _listed({"connectors": connectors}, "connectors")))
     if not isinstance(subsets, dict):
-        selection = _checked(expand_subsets, subsets, where=where)
-        return tuple((name, skips) for name in dict.fromkeys(names) for skips in selection)
+        selection = expand_subsets(subsets)
+        return [(name, skips) for name in names for skips in selection]
     for key in subsets:
         if key not in names:
             raise AblationError(
-                f"{where}: unknown key 'subsets.{key}': valid keys are the connectors {', '.join(names)}"
+                f"unknown key 'subsets.{key}': valid keys are the connectors {', '.join(names)}"
             )
     missing = [name for name in names if name not in subsets]
     if missing:
-        raise AblationError(f"{where}: 'subsets' has no entry for connector {missing[0]!r}")
-    return tuple(
-        (name, skips)
-        for name in dict.fromkeys(names)
-        for skips in _checked(expand_subsets, subsets[name], where=where)
-    )
+        raise AblationError(f"'subsets' has no entry for connector {missing[0]!r}")
+    return [(name, skips) for name in names for skips in expand_subsets(subsets[name])]
 
 
-def _folds(value: Any, num_folds: Any, where: str) -> tuple[tuple[int | None, ...], int]:
+def _folds(value: Any, num_folds: Any) -> tuple[Any, Any]:
     """``(fold indices, k)`` from the spec's ``folds`` and ``num_folds`` keys."""
     if value == "official":
         if num_folds is not None:
-            raise AblationError(f"{where}: 'num_folds' needs k-fold 'folds' (an integer k or a list)")
-        return (None,), 5
+            raise AblationError("'num_folds' needs k-fold 'folds' (an integer k or a list)")
+        return [None], 5
     if isinstance(value, int) and not isinstance(value, bool):
-        k = _integer(value, "folds", where, minimum=2)
-        if num_folds is not None and num_folds != k:
-            raise AblationError(
-                f"{where}: 'folds' = {k} and 'num_folds' = {num_folds} disagree; drop num_folds"
-            )
-        return tuple(range(k)), k
+        if value < 2:
+            raise AblationError(f"'folds' must be an integer >= 2, got {value!r}")
+        if num_folds is not None and num_folds != value:
+            raise AblationError(f"'folds' = {value} and 'num_folds' = {num_folds} disagree; drop num_folds")
+        return list(range(value)), value
     if isinstance(value, list) and value:
-        k = _integer(5 if num_folds is None else num_folds, "num_folds", where, minimum=2)
-        indices = tuple(dict.fromkeys(_integer(v, "folds", where) for v in value))
-        bad = [i for i in indices if i >= k]
-        if bad:
-            raise AblationError(f"{where}: fold {bad[0]} out of range for num_folds = {k}: choose 0..{k - 1}")
-        return indices, k
-    raise AblationError(f"{where}: 'folds' must be 'official', an integer k >= 2 or a list of fold indices")
+        return value, 5 if num_folds is None else num_folds
+    raise AblationError("'folds' must be 'official', an integer k >= 2 or a list of fold indices")

@@ -1,0 +1,206 @@
+"""Execute one unit of work: claim its runs, train the claimed ones with ``train_unit``, record what happened.
+
+Every backend (in-process, local worker processes, Ray tasks) calls :func:`execute_unit`, the one owner of the
+run-claiming protocol:
+
+1. a done run is skipped; a failed run under ``retry_failed=False`` and a finished run whose files are damaged
+   are left as they are (:func:`settled_outcome`);
+2. every other run is claimed with its lock file (:mod:`ablation.grid.locks`): a run another runner holds is
+   ``busy``, one it finished between our check and our claim is skipped;
+3. in the claimed folders, temporary files of atomic writes cut short by a kill are removed (we own them now);
+4. ``train_unit`` trains the claimed runs, all together;
+5. a run is done exactly when its metrics.json exists afterwards; any other run failed: with the failed status
+   the trainer wrote for it (a diverged variant), else with the exception the trainer raised (status.json gets
+   the error and traceback), else as having returned without metrics.json. The grid goes on; the locks are
+   released.
+
+The ``train_unit`` contract: ``train_unit(configs: list[RunConfig], dirs: list[Path], *, device: str | None,
+progress: bool) -> None`` writes run folder ``dirs[i]`` for ``configs[i]`` as :func:`ablation.train.train_run`
+does (resuming from a checkpoint found there, metrics.json last), may write a failed status.json for a run that
+fails alone, and may raise. It owns those folders while it runs. The default, :func:`train_runs`, is the
+package's engine; tests pass stand-ins. Worker processes and Ray tasks receive it pickled, so it must be a
+module-level function. No torch import here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ablation.config import RunConfig
+from ablation.errors import AblationError
+from ablation.io import read_json_table
+from ablation.store import METRICS_FILE, STATUS_FILE, run_name, write_status
+
+from . import locks
+from .status import run_state
+
+TrainUnit = Callable[..., None]  # train_unit(configs, dirs, *, device, progress); see the module docstring
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one runner did with one run: ``done``, ``failed``, ``skipped`` (already done), ``busy`` or
+    ``damaged`` (finished, but its metrics.json, config.json or test_metrics.csv cannot be read)."""
+
+    name: str
+    outcome: str
+    error: str = ""
+    seconds: float = 0.0
+
+
+def train_runs(
+    configs: Sequence[RunConfig], dirs: Sequence[Path], *, device: str | None = None, progress: bool = False
+) -> None:
+    """The default ``train_unit``: the engine's ``train_packed`` (a single run is a pack of one; torch loads here).
+
+    A variant whose loss becomes non-finite writes its own failed status; the others carry on.
+    """
+    from ablation.train import train_packed
+
+    train_packed(list(configs), list(dirs), device=device, progress=progress)
+
+
+def settled_outcome(results_dir: Path, name: str, retry_failed: bool) -> RunOutcome | None:
+    """The outcome of a run that needs no training (done, or left as it is), or None when it needs training.
+
+    A failed run is retried unless ``retry_failed`` is False. A finished run whose files are damaged is never
+    trained over (that would overwrite what it computed): the user deletes its folder to train it again.
+    """
+    state = run_state(results_dir, name)
+    if state.status == "done":
+        return RunOutcome(name, "skipped")
+    damaged = state.status == "damaged" and (results_dir / name / METRICS_FILE).exists()
+    if damaged or (state.status == "failed" and not retry_failed):
+        return RunOutcome(name, state.status, state.detail)
+    return None
+
+
+def execute_unit(
+    unit: Sequence[RunConfig],
+    results_dir: str | Path,
+    *,
+    train_unit: TrainUnit | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    retry_failed: bool = True,
+) -> list[RunOutcome]:
+    """Claim the runs of a unit that need training, train them together, and say what happened to each.
+
+    Args:
+        unit: the runs (one, or a pack from :func:`ablation.grid.runner.plan_units`).
+        results_dir: the grid's results folder; run ``r`` lives in ``results_dir / run_name(r)``.
+        train_unit: trains the claimed runs (see the module docstring); default :func:`train_runs`.
+        device: passed through (None: the trainer picks CUDA when visible, else CPU).
+        progress: show the trainer's own progress bar.
+        retry_failed: re-attempt runs whose status.json says failed; False leaves them failed.
+
+    Returns:
+        One outcome per run, in unit order. Every failure is also written to the run's status.json.
+    """
+    results_dir = Path(results_dir)
+    outcomes: list[RunOutcome | None] = []
+    claimed: list[RunConfig] = []
+    for config in unit:
+        name = run_name(config)
+        outcome = settled_outcome(results_dir, name, retry_failed) or _claim(results_dir / name)
+        outcomes.append(outcome)
+        if outcome is None:
+            claimed.append(config)
+    trained: list[RunOutcome] = []
+    if claimed:
+        dirs = [results_dir / run_name(config) for config in claimed]
+        try:
+            trained = _train_claimed(claimed, dirs, train_unit or train_runs, device, progress)
+        finally:
+            for run_dir in dirs:
+                locks.release_lock(run_dir)
+    fresh = iter(trained)  # the claimed runs' outcomes fill their places in unit order
+    return [outcome or next(fresh) for outcome in outcomes]
+
+
+def _claim(run_dir: Path) -> RunOutcome | None:
+    """Lock the run for this process and clean its folder; an outcome instead when it is not ours to train."""
+    if not locks.try_lock(run_dir):
+        return RunOutcome(run_dir.name, "busy")
+    if (run_dir / METRICS_FILE).exists():  # another runner finished it between our check and our claim
+        locks.release_lock(run_dir)
+        return RunOutcome(run_dir.name, "skipped")
+    for leftover in run_dir.glob(".*.tmp"):  # an atomic write cut short by a kill
+        leftover.unlink(missing_ok=True)
+    return None
+
+
+def _train_claimed(
+    configs: list[RunConfig], dirs: list[Path], train_unit: TrainUnit, device: str | None, progress: bool
+) -> list[RunOutcome]:
+    started = time.time()
+    error: Exception | None = None
+    try:
+        train_unit(configs, dirs, device=device, progress=progress)
+    except Exception as caught:  # noqa: BLE001 - a failing unit fails its unfinished runs, not the grid
+        error = caught
+    seconds = (time.time() - started) / len(dirs)
+    outcomes = []
+    for run_dir in dirs:
+        if (run_dir / METRICS_FILE).exists():
+            outcomes.append(RunOutcome(run_dir.name, "done", seconds=seconds))
+        else:
+            reason = _record_failure(run_dir, error, started)
+            outcomes.append(RunOutcome(run_dir.name, "failed", reason, seconds))
+    return outcomes
+
+
+def _record_failure(run_dir: Path, error: Exception | None, started: float) -> str:
+    """The reason a claimed run did not finish, written to its status.json unless the trainer wrote its own
+    failed status during this attempt (then that reason is kept)."""
+    status_path = run_dir / STATUS_FILE
+    try:
+        status = read_json_table(status_path) if status_path.exists() else {}
+        written_now = status_path.exists() and status_path.stat().st_mtime >= started - 1.0
+    except (OSError, AblationError):
+        status, written_now = {}, False
+    text = str(status.get("status", ""))
+    if written_now and text.startswith("failed"):
+        return text.removeprefix("failed").lstrip(": ")
+    if error is None:
+        reason = f"the trainer returned without writing {METRICS_FILE}"
+        write_status(run_dir, f"failed: {reason}", error=reason, host=socket.gethostname())
+        return reason
+    reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+    write_status(
+        run_dir,
+        f"failed: {reason}",
+        error=reason,
+        traceback="".join(traceback.format_exception(error)),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
+    return reason
+
+
+def fail_abandoned_runs(
+    unit: Sequence[RunConfig], results_dir: Path, pid: int, reason: str
+) -> list[RunOutcome]:
+    """Outcomes of a unit whose worker process ``pid`` died mid-way (out of memory, segfault).
+
+    Its finished runs are done; every other run is failed, and those the dead process held get ``reason`` in
+    their status.json and lose their lock, so the next runner retries them at once.
+    """
+    outcomes = []
+    for config in unit:
+        run_dir = results_dir / run_name(config)
+        if (run_dir / METRICS_FILE).exists():
+            outcomes.append(RunOutcome(run_dir.name, "done"))
+            continue
+        owner = locks.read_owner(run_dir)
+        if owner is not None and owner.pid == pid:
+            write_status(run_dir, f"failed: {reason}", error=reason)
+            locks.lock_path(run_dir).unlink(missing_ok=True)
+        outcomes.append(RunOutcome(run_dir.name, "failed", reason))
+    return outcomes
