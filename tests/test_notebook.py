@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+from fake_results import make_fake_results
 from nbclient import NotebookClient
-
-from ablation.report.fixtures import make_fake_results
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_results.ipynb"
 

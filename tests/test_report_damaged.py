@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from fake_results import make_fake_results
 
 from ablation.cli import main
 from ablation.grid import grid_status
 from ablation.report import write_report
-from ablation.report.fixtures import make_fake_results
 from ablation.report.load import load_results
 
 

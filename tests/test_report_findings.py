@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from fake_results import PlantedEffects, make_fake_results
 
 from ablation.report.findings import NOT_REPRODUCED, NOT_TESTABLE, OBSERVED, REPRODUCED, check_findings
-from ablation.report.fixtures import PlantedEffects, make_fake_results
 from ablation.report.load import load_results
 
 # MoNuSeg-like truth: every skip helps alone, L4 hurts next to the others, so "w/o L4" is best.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from fake_results import make_fake_results
 
 from ablation.errors import AblationError
-from ablation.report.fixtures import make_fake_results
 from ablation.report.load import TEST_TIME, image_means, load_results
 from ablation.skips import ALL_SUBSETS
 

@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from fake_results import PlantedEffects, make_fake_results
 
 from ablation.errors import AblationError
-from ablation.report.fixtures import PlantedEffects, make_fake_results
 from ablation.report.load import load_results, replicate_means
 from ablation.report.shapley import interaction_indices, main_effects, shapley_analysis, shapley_values
 from ablation.skips import ALL_SUBSETS

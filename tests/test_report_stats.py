@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from fake_results import PlantedEffects, make_fake_results
 from scipy import stats as scipy_stats
 
 from ablation.errors import AblationError
 from ablation.report import stats
-from ablation.report.fixtures import PlantedEffects, make_fake_results
 from ablation.report.load import image_means, load_results
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from fake_results import PlantedEffects, make_fake_results
 
-from ablation.report.fixtures import PlantedEffects, make_fake_results
 from ablation.report.load import load_results
 from ablation.report.tables import (
     dataset_tables,

@@ -1,4 +1,4 @@
-"""Synthetic result folders with planted effects, for tests, the notebook and trying reports without a GPU.
+"""Synthetic result folders with planted effects, for the tests and the notebook test (test support, not API).
 
 The folders follow the run-folder contract of :mod:`ablation.store` exactly (config.json, status.json,
 history.csv, test_metrics.csv, optional masked_metrics.csv and predictions.npz, metrics.json), named with
