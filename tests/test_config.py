@@ -8,9 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from ablation.config import ModelConfig, RunConfig, TrainConfig, apply_overrides, from_dict, to_dict
+from ablation.config import (
+    CONNECTORS,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    read_config_file,
+    to_dict,
+)
 from ablation.errors import AblationError
 from ablation.io import atomic_write_json, atomic_write_text, ensure_folder, read_json, read_json_table
+from ablation.packing import MASKABLE_CONNECTORS
 from ablation.skips import (
     ALL_SUBSETS,
     PAPER_SUBSETS,
@@ -67,6 +77,57 @@ def test_config_round_trip_and_overrides() -> None:
         from_dict(RunConfig, {"modle": {}})
     with pytest.raises(AblationError, match="config key 'train.batch_size': expected an integer, got 'four'"):
         from_dict(RunConfig, {"train": {"batch_size": "four"}})
+
+
+def test_files_need_typed_values_while_set_text_is_read_as_its_type() -> None:
+    with pytest.raises(AblationError, match="config key 'train.augment' must be true or false, got 'yes'"):
+        from_dict(RunConfig, {"train": {"augment": "yes"}})
+    with pytest.raises(AblationError, match="config key 'train.lr': expected a number, got '1e-4'"):
+        from_dict(RunConfig, {"train": {"lr": "1e-4"}})
+    text = {"train.augment": "no", "train.lr": "1e-4", "fold": "2", "data_root": "/d", "model.skips": "L1"}
+    changed = apply_overrides(RunConfig(), text)
+    assert (changed.train.augment, changed.train.lr, changed.fold, changed.data_root) == (
+        False,
+        1e-4,
+        2,
+        "/d",
+    )
+    assert changed.model.skips == "1000"
+    with pytest.raises(AblationError, match="config key 'train.augment' must be true or false, got 'maybe'"):
+        apply_overrides(RunConfig(), {"train.augment": "maybe"})
+
+
+def test_settings_files_are_read_alike_from_toml_and_json(tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text("seed = 3\n[train]\nlr = 1e-4\n")
+    (tmp_path / "run.json").write_text('{"seed": 3, "train": {"lr": 1e-4}}')
+    expected = {"seed": 3, "train": {"lr": 1e-4}}
+    assert read_config_file(tmp_path / "run.toml") == read_config_file(tmp_path / "run.json") == expected
+    (tmp_path / "run.yaml").write_text("seed: 3\n")
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00")
+    (tmp_path / "broken.json").write_text('{"seed": ')
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for name, message in (
+        ("missing.toml", "spec file not found: "),
+        ("run.yaml", "unknown format '.yaml', use .toml or .json"),
+        ("binary.toml", "binary.toml: not a TOML text file (byte 0 is not UTF-8)"),
+        ("broken.json", "broken.json: invalid JSON: "),
+        ("list.json", "list.json: expected a table of keys at the top, found list"),
+    ):
+        with pytest.raises(AblationError) as raised:
+            read_config_file(tmp_path / name, "spec file")
+        assert message in str(raised.value)
+
+
+def test_one_table_says_what_each_connector_is() -> None:
+    assert list(CONNECTORS) == ["unet", "cct", "cca", "uctransnet"]
+    assert [c.label for c in CONNECTORS.values()] == ["Base", "Base+CCT", "Base+CCA", "Base+CCT+CCA"]
+    modules = [(c.transformer, c.channel_attention) for c in CONNECTORS.values()]
+    assert modules == [(False, False), (True, False), (False, True), (True, True)]
+    assert [c.upsampling for c in CONNECTORS.values()] == ["transpose", "nearest", "nearest", "nearest"]
+    # Zeroing a skip equals removing it only where no transformer mixes the skips.
+    assert (
+        list(MASKABLE_CONNECTORS) == [name for name, c in CONNECTORS.items() if c.maskable] == ["unet", "cca"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -166,3 +227,13 @@ def test_cli_turns_file_system_errors_into_one_line(tmp_path: Path, capsys: pyte
     code = main(["report", str(tmp_path / "afile")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_cli_never_drops_a_command_area(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ablation.cli
+
+    monkeypatch.setattr(
+        ablation.cli, "COMMAND_MODULES", (*ablation.cli.COMMAND_MODULES, "ablation.nowhere.cli")
+    )
+    with pytest.raises(ModuleNotFoundError, match="ablation.nowhere"):
+        ablation.cli.build_parser()
