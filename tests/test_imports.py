@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "train": 7,
     "grid": 8,
     "report": 8,
+    "predict": 8,
     "cli": 9,
 }
 SHARED = [
