@@ -8,13 +8,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from fake_results import PlantedEffects, make_fake_results
 
 from ablation.cli import main
 from ablation.export import export_slim
 from ablation.report import load_results, write_report
 from ablation.report.figures import default_variants
 from ablation.report.findings import check_findings, findings_markdown
-from ablation.report.fixtures import PlantedEffects, make_fake_results
 from ablation.report.tables import dataset_tables
 
 ALLOWED = {

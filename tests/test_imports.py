@@ -21,7 +21,7 @@ PACKAGE = ROOT / "ablation"
 
 # Import layers, lowest first: a module may import its own area and lower layers only. errors, skips, io,
 # config, store and packing are the shared torch-free base (training writes run folders through store, the grid
-# groups runs with packing); ablation.cli, ablation.__main__ and every area's cli.py form the top layer.
+# groups runs with packing); ablation.cli, ablation.__main__ and every area's cli.py (or *_cli.py) form the top layer.
 LAYERS: dict[str, int] = {
     "errors": 0,
     "skips": 1,
@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "grid": 8,
     "report": 8,
     "predict": 8,
+    "export": 8,
     "cli": 9,
 }
 SHARED = [
@@ -92,7 +93,7 @@ def _imports(name: str, path: Path) -> set[str]:
 def _area(name: str) -> str:
     """The layer key of a module: ``cli`` for command-line modules, else its top-level area."""
     parts = name.split(".")
-    if parts[-1] in ("cli", "__main__"):
+    if parts[-1] in ("cli", "__main__") or parts[-1].endswith("_cli"):
         return "cli"
     return parts[1]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fake_results import PlantedEffects, make_fake_results
 
 from ablation.report import write_report
 from ablation.report.findings import (
@@ -17,7 +18,6 @@ from ablation.report.findings import (
     findings_markdown,
     stated_verdict,
 )
-from ablation.report.fixtures import PlantedEffects, make_fake_results
 from ablation.report.load import load_results
 from ablation.report.protocol import DIFFERENT, PAPER, REDUCED, UNRECORDED, describe_protocol
 
