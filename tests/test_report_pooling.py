@@ -12,10 +12,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from fake_results import PlantedEffects, make_fake_results
 
 from ablation.config import RunConfig, apply_overrides, from_dict, to_dict
 from ablation.report import tables, write_report
-from ablation.report.fixtures import PlantedEffects, make_fake_results
 from ablation.report.load import apart_note, load_results
 from ablation.store import RUN_RECORD_KEYS, done_run_problem, find_runs, run_id, run_name
 

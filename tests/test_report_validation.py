@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fake_results import make_fake_results
 
 from ablation.grid import grid_status
 from ablation.report import write_report
-from ablation.report.fixtures import make_fake_results
 from ablation.report.load import load_results
 from ablation.store import HISTORY_COLUMNS, HISTORY_RANGES, done_run_problem, read_run_state
 
