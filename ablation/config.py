@@ -139,6 +139,29 @@ def check_connector(name: Any) -> str:
     return name
 
 
+def parse_init_from(value: Any, key: str = "train.init_from") -> str:
+    """A ``train.init_from`` value in canonical form: ``""`` (random weights) or ``"<connector>/<skips>"``.
+
+    ``"uctransnet/L1+L2+L3+L4"`` becomes ``"uctransnet/1111"``; the skips take any form :func:`parse_skips`
+    accepts.
+
+    Raises:
+        AblationError: naming ``key``, for anything else (listing the connectors).
+    """
+    if value == "":
+        return ""
+    connector, sep, skips = value.partition("/") if isinstance(value, str) else ("", "", "")
+    if not sep or connector not in CONNECTORS:
+        raise AblationError(
+            f"config key {key!r}: expected '<connector>/<skips>' such as 'unet/1111' (connectors: "
+            f"{', '.join(CONNECTORS)}), or '' for random weights; got {value!r}"
+        )
+    try:
+        return f"{connector}/{parse_skips(skips)}"
+    except AblationError as error:
+        raise AblationError(f"config key {key!r}: {error}") from None
+
+
 def check_interpolation(name: Any) -> str:
     """``name`` itself when it is one of :data:`INTERPOLATIONS`; else an error listing them."""
     if not isinstance(name, str) or name not in INTERPOLATIONS:
@@ -206,6 +229,14 @@ class TrainConfig:
     cuda_graphs: bool = (
         False  # capture the training step (forward, backward, Adam) in a CUDA graph (CUDA only)
     )
+    # The run to start from (the reference's UCTransNet_pretrain): "" for random weights, or
+    # "<connector>/<skips>" such as "unet/1111", the run of the same dataset, split and seed with that connector
+    # and skip subset (ablation.sources). At a fresh start the weights of its checkpoint_best.pt whose names and
+    # shapes match are copied into the new network.
+    init_from: str = ""
+    # The source run's folder name (its run id is the last part), filled in from init_from by the grid or
+    # `ablation train`, never by hand: part of the run's identity, so a changed source makes a new run.
+    init_from_run: str = ""
 
     def __post_init__(self) -> None:
         for key in ("max_epochs", "batch_size", "scheduler_t0", "scheduler_t_mult", "checkpoint_every"):
@@ -221,6 +252,12 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise AblationError(
                 f"unknown train.precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
+            )
+        object.__setattr__(self, "init_from", parse_init_from(self.init_from))
+        if not isinstance(self.init_from_run, str) or (self.init_from_run and not self.init_from):
+            raise AblationError(
+                f"config key 'train.init_from_run' ({self.init_from_run!r}) is filled in from train.init_from "
+                "by the grid or `ablation train`: set train.init_from instead"
             )
         if self.pack_conv not in PACK_CONVS:
             raise AblationError(

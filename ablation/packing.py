@@ -33,8 +33,11 @@ def pack_key(config: RunConfig) -> str:
         "interpolation": config.interpolation,
         "num_folds": config.num_folds,
         "model": to_dict(model),
-        # test_time_masks only adds an evaluation after training, so it does not keep runs from sharing a pack
-        "train": {k: v for k, v in to_dict(config.train).items() if k != "test_time_masks"},
+        # test_time_masks only adds an evaluation after training, so it does not keep runs from sharing a pack;
+        # init_from_run is each run's own source (of its seed and split): init_from, shared, says which kind
+        "train": {
+            k: v for k, v in to_dict(config.train).items() if k not in ("test_time_masks", "init_from_run")
+        },
     }
     return repr(sorted(shared.items()))
 
@@ -44,7 +47,9 @@ def can_pack(configs: Sequence[RunConfig]) -> bool:
 
     They must share dataset, data root, model settings (connector, width, size, ...) and every training setting;
     they may differ in seed, fold and repeat, and (``unet`` and ``cca`` only) in skip subset. Runs with the same
-    identity cannot share a pack. Train sets of unequal size (folds of a pool that does not divide evenly) are
+    identity cannot share a pack. Runs that start from other runs share ``train.init_from`` and may differ in
+    ``train.init_from_run`` (each starts from the run of its own seed and split), so a run and its source,
+    whose ``init_from`` always differ, never share a pack. Train sets of unequal size (folds of a pool that does not divide evenly) are
     allowed: the packed trainer splits them into sub-packs of equal size.
     """
     if not configs:

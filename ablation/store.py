@@ -3,7 +3,8 @@
 A run folder holds (written in this order; every write is atomic)::
 
     config.json         resolved RunConfig + "run_id", "run_name", "env" (packages, git commit, device,
-                        dataset fingerprint, splits file), written when the run starts
+                        dataset fingerprint, splits file), written when the run starts; a run started from
+                        another run's weights (train.init_from) also records "init_weights": what was copied
     status.json         {"status": "running" | "done" | "failed: <reason>", "error": ..., "epoch": ...}
     history.csv         one row per epoch: epoch, train_loss, val_loss, val_dice, lr, seconds
     checkpoint_last.pt  resumable state (model, optimiser, scheduler, RNG, early-stopping state, epoch)
@@ -156,11 +157,18 @@ def write_status(run_dir: str | Path, status: str, **extra: Any) -> None:
     atomic_write_json(Path(run_dir) / STATUS_FILE, {"status": status, **extra})
 
 
-def write_run_config(run_dir: str | Path, config: RunConfig, env: Mapping[str, Any]) -> None:
-    """config.json when a run starts: ``run_id``, ``run_name``, the resolved config and ``env``.
+def write_run_config(
+    run_dir: str | Path,
+    config: RunConfig,
+    env: Mapping[str, Any],
+    init_weights: Mapping[str, Any] | None = None,
+) -> None:
+    """config.json when a run starts: ``run_id``, ``run_name``, the resolved config, ``env`` and, for a run
+    started from another run's weights (``train.init_from``), ``init_weights``.
 
     ``env`` records where the run ran (``ablation.io.environment_record()`` plus device, dataset fingerprint and
-    splits). A resumed run keeps its original file.
+    splits); ``init_weights`` what was copied from the source run (``ablation.train.checkpoint.copy_source_weights``).
+    A resumed run keeps its original file.
 
     Raises:
         AblationError: the folder's config.json belongs to another run.
@@ -173,9 +181,10 @@ def write_run_config(run_dir: str | Path, config: RunConfig, env: Mapping[str, A
                 f"{path} belongs to run {existing}, not {run_id(config)}: use another output folder"
             )
         return
-    atomic_write_json(
-        path, {"run_id": run_id(config), "run_name": run_name(config), **to_dict(config), "env": dict(env)}
-    )
+    record = {"run_id": run_id(config), "run_name": run_name(config), **to_dict(config), "env": dict(env)}
+    if init_weights is not None:
+        record["init_weights"] = dict(init_weights)
+    atomic_write_json(path, record)
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, header: bool = True) -> str:
@@ -246,7 +255,7 @@ HISTORY_RANGES: dict[str, tuple[float, float]] = {
     "seconds": (0.0, math.inf),
 }
 # Keys of config.json that are a record of the run, not part of its RunConfig.
-RUN_RECORD_KEYS = ("run_id", "run_name", "env")
+RUN_RECORD_KEYS = ("run_id", "run_name", "env", "init_weights")
 _FRACTION = (0.0, 1.0)
 _NON_NEGATIVE = (0.0, math.inf)
 # metrics.json: the type (and range) of each key; keys not listed here are not checked.
@@ -342,6 +351,8 @@ def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
         raise AblationError(f"{path}: 'env' must be a JSON object, got {type(env).__name__}")
     if not isinstance(env.get("dataset_fingerprint", ""), str):
         raise AblationError(f"{path}: env.dataset_fingerprint must be a string")
+    if not isinstance(record.get("init_weights", {}), dict):
+        raise AblationError(f"{path}: 'init_weights' must be a JSON object")
     return config, record
 
 

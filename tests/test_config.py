@@ -145,12 +145,27 @@ def test_one_table_says_what_each_connector_is() -> None:
         ("model", {"connector": "foo"}, "unknown connector 'foo': choose one of unet, cct, cca, uctransnet"),
         ("run", {"num_folds": 1}, "'num_folds' must be >= 2"),
         ("run", {"fold": 5}, r"fold 5 out of range: choose 0..4"),
+        (
+            "train",
+            {"init_from": "unet"},
+            r"'train.init_from': expected '<connector>/<skips>' such as 'unet/1111'",
+        ),
+        ("train", {"init_from": "vit/1111"}, r"\(connectors: unet, cct, cca, uctransnet\), or '' for random"),
+        ("train", {"init_from": "unet/12"}, r"config key 'train.init_from': invalid skip subset"),
+        ("train", {"init_from_run": "x"}, r"'train.init_from_run' \('x'\) is filled in from train.init_from"),
     ],
 )
 def test_invalid_values_name_the_key(section: str, values: dict, message: str) -> None:
     data = values if section == "run" else {section: values}
     with pytest.raises(AblationError, match=message):
         from_dict(RunConfig, data)
+
+
+def test_init_from_is_stored_canonical() -> None:
+    assert TrainConfig(init_from="uctransnet/L1+L2+L3+L4").init_from == "uctransnet/1111"
+    assert TrainConfig(init_from="unet/none").init_from == "unet/0000"
+    assert TrainConfig().init_from == "" and TrainConfig().init_from_run == ""
+    assert apply_overrides(RunConfig(), {"train.init_from": "cca/all"}).train.init_from == "cca/1111"
 
 
 def test_defaults_are_the_paper_protocol() -> None:

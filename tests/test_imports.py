@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ablation"
 
 # Import layers, lowest first: a module may import its own area and lower layers only. errors, skips, io,
-# config, store and packing are the shared torch-free base (training writes run folders through store, the grid
-# groups runs with packing); ablation.cli, ablation.__main__ and every area's cli.py (or *_cli.py) form the top layer.
+# config, store, packing and sources are the shared torch-free base (training writes run folders through store,
+# the grid groups runs with packing, both find a run's source with sources); ablation.cli, ablation.__main__ and every area's cli.py (or *_cli.py) form the top layer.
 LAYERS: dict[str, int] = {
     "errors": 0,
     "skips": 1,
@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "config": 2,
     "store": 3,
     "packing": 4,
+    "sources": 4,
     "data": 5,
     "models": 6,
     "train": 7,
@@ -45,6 +46,7 @@ SHARED = [
     "ablation.io",
     "ablation.errors",
     "ablation.packing",
+    "ablation.sources",
 ]
 
 

@@ -264,3 +264,20 @@ def test_a_recorded_run_without_a_folder_joins_the_label_with_most_runs(tmp_path
     assert row[["dataset", "skips"]].to_dict("records") == [
         {"dataset": "synthetic-nuclei@lr=0.001", "skips": "0110"}
     ]
+
+
+def test_runs_started_from_other_runs_pool_with_them(tmp_path: Path) -> None:
+    # The module ablation as the specs run it: U-Net from random weights, UCTransNet from the U-Net-all run of its
+    # own seed (train.init_from is per connector, train.init_from_run per replicate).
+    root = tmp_path / "results"
+    _study(root)
+    for seed in (0, 1):
+        other = tmp_path / f"uctransnet{seed}"
+        _study(other, connectors=("uctransnet",), seeds=(seed,))
+        _variant(
+            other, root, {"train.init_from": "unet/1111", "train.init_from_run": f"source-of-seed-{seed}"}
+        )
+    results = load_results(root)
+    assert results.datasets == ["synthetic-nuclei"] and results.apart.empty
+    assert set(results.runs["connector"]) == {"unet", "uctransnet"}
+    assert set(results.runs.loc[results.runs["connector"] == "uctransnet", "init_from"]) == {"unet/1111"}

@@ -79,7 +79,9 @@ APART_COLUMNS = ("dataset", "name", "runs", "differs", "setting")
 # Config keys in which pooled replicates may differ: the replicate itself (seed, split), what a report compares
 # (connector, skip subset), the dataset's path (the data is identified by its fingerprint instead: see
 # pooling_settings), the settings run_id leaves out (where and how fast: data_root, eval_batch_size, compile, ...),
-# and what a run saves or evaluates besides its result (predictions kept, test-time masks).
+# and what a run saves or evaluates besides its result (predictions kept, test-time masks), and the
+# initialisation: set per connector (train.init_from, which the protocol statement reports per connector) and its
+# source run, which is each replicate's own (train.init_from_run).
 POOLING_IGNORED = (
     "seed",
     "fold",
@@ -90,6 +92,8 @@ POOLING_IGNORED = (
     *non_identity_keys(),
     "train.save_predictions",
     "train.test_time_masks",
+    "train.init_from",
+    "train.init_from_run",
 )
 DATA_KEY = "data"  # the pseudo-key of the data's identity among the pooling settings
 
