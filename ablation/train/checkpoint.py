@@ -9,6 +9,8 @@ loads them and a run can resume alone or in a pack from either.
 weights, the Adam state (in ``torch.optim.Adam(model.parameters()).state_dict()`` form), the schedule, the global
 torch RNGs (dropout) and the run's own generator (batch order and augmentation), the early-stopping state with the
 best weights so far, and the history.
+
+A run with ``train.init_from`` starts from its source run's ``checkpoint_best.pt`` (:func:`copy_source_weights`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from ablation.config import RunConfig, to_dict
 from ablation.errors import AblationError
 from ablation.io import atomic_write_bytes
-from ablation.store import run_id
+from ablation.store import BEST_CHECKPOINT, run_id
 from ablation.train.device import DeviceSetup
 
 # The early-stopping state of a run, as checkpoint_last.pt holds it (see :func:`new_run_state`).
@@ -145,3 +147,81 @@ def save_best_checkpoint(path: Path, config: RunConfig, state: dict[str, Any]) -
             "run_id": run_id(config),
         },
     )
+
+
+def copy_matching_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Copy into ``model`` every entry of ``weights`` whose name and shape its state dict has (the reference's
+    ``UCTransNet_pretrain`` start: the state-dict entries of a trained U-Net that UCTransNet has too).
+
+    Args:
+        model: the new network, at its random initialisation.
+        weights: a state dict (parameters and buffers such as BatchNorm statistics).
+
+    Returns:
+        ``copied_tensors`` (state-dict entries copied), ``copied_parameters`` and ``parameters`` (learnable
+        values copied, and in the model), ``not_copied`` (the model's entries left at their initial values) and
+        ``source_unused`` (the source's entries without a same-name, same-shape entry in the model).
+    """
+    own = model.state_dict()
+    copied = [name for name, tensor in weights.items() if name in own and own[name].shape == tensor.shape]
+    with torch.no_grad():
+        for name in copied:
+            own[name].copy_(weights[name])
+    learnable = dict(model.named_parameters())
+    return {
+        "copied_tensors": len(copied),
+        "copied_parameters": sum(learnable[name].numel() for name in copied if name in learnable),
+        "parameters": sum(tensor.numel() for tensor in learnable.values()),
+        "not_copied": [name for name in own if name not in set(copied)],
+        "source_unused": [name for name in weights if name not in set(copied)],
+    }
+
+
+def copy_source_weights(
+    model: torch.nn.Module, config: RunConfig, run_dir: Path, splits: dict[str, Any]
+) -> dict[str, Any]:
+    """Start a run from its source run's ``checkpoint_best.pt`` (``config.train.init_from``; see
+    :mod:`ablation.sources`): copy the entries whose names and shapes match (:func:`copy_matching_weights`).
+
+    Args:
+        model: the run's own network (``build_model(config.model)``), at its random initialisation.
+        config: the run; ``train.init_from_run`` names the source folder beside ``run_dir``.
+        run_dir: the run's folder.
+        splits: the run's split record (``run_splits``): the source must have trained and validated on the
+            same images.
+
+    Returns:
+        The config.json ``init_weights`` record: the source's ``run_id``, ``run_name``, ``checkpoint``, its
+        ``epoch`` and ``val_dice``, and what :func:`copy_matching_weights` copied.
+
+    Raises:
+        AblationError: the source is missing, not done, does not fit (:func:`ablation.sources.check_source`), was
+            split differently, or its checkpoint cannot be read or belongs to another run.
+    """
+    from ablation.models.reference import read_checkpoint
+    from ablation.sources import check_source
+
+    folder, record = check_source(config, run_dir)
+    source_splits = record.get("env", {}).get("splits", {})
+    for part in ("train", "val", "test"):
+        if source_splits.get(part) != splits.get(part):
+            raise AblationError(
+                f"source run {folder} was trained on other {part} images than run {run_dir.name} "
+                "(its splits file changed since): retrain the source"
+            )
+    path = folder / BEST_CHECKPOINT
+    saved = read_checkpoint(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise AblationError(f"checkpoint {path} is not a checkpoint_best.pt of a run (no model weights)")
+    if saved.get("run_id") != record.get("run_id"):
+        raise AblationError(
+            f"checkpoint {path} belongs to run {saved.get('run_id')}, not {record.get('run_id')}"
+        )
+    return {
+        "run_id": record.get("run_id"),
+        "run_name": folder.name,
+        "checkpoint": BEST_CHECKPOINT,
+        "epoch": saved.get("epoch"),
+        "val_dice": saved.get("val_dice"),
+        **copy_matching_weights(model, saved["model"]),
+    }

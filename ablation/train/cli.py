@@ -27,6 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--fold", type=int, help="k-fold index (default: the dataset's own train/val split)")
     train.add_argument("--repeat", type=int, help="k-fold repeat index")
     train.add_argument("--epochs", type=int, help="maximum epochs (train.max_epochs; the paper: 2000)")
+    train.add_argument(
+        "--init-from",
+        metavar="SOURCE",
+        help="start from the matching weights of a done run of OUT: its connector/skips (e.g. unet/1111: the run "
+        "of the same dataset, split and seed) or its run folder (train.init_from; default: random weights)",
+    )
     train.add_argument("--base-channels", type=int)
     train.add_argument("--img-size", type=int)
     train.add_argument(
@@ -98,6 +104,7 @@ def build_run_config(args: argparse.Namespace) -> Any:
         "model.base_channels": args.base_channels,
         "model.img_size": args.img_size,
         "train.max_epochs": args.epochs,
+        "train.init_from": None if _init_folder(args) else args.init_from,
     }
     overrides: dict[str, Any] = {key: value for key, value in flags.items() if value is not None}
     for item in args.set:
@@ -108,11 +115,18 @@ def build_run_config(args: argparse.Namespace) -> Any:
     return apply_overrides(config, overrides)
 
 
+def _init_folder(args: argparse.Namespace) -> Path | None:
+    """The run folder ``--init-from`` names, or None when it names a run by connector/skips (or is absent)."""
+    init_from = getattr(args, "init_from", None)
+    return Path(init_from) if init_from and Path(init_from).is_dir() else None
+
+
 def _train(args: argparse.Namespace) -> int:
+    from ablation.sources import resolve_in_folder
     from ablation.store import run_name
     from ablation.train import train_run
 
-    config = build_run_config(args)
+    config = resolve_in_folder(build_run_config(args), args.out, _init_folder(args))
     run_dir = args.out / run_name(config)
     result = train_run(config, run_dir, device=args.device, progress=not args.quiet)
     print(f"run folder: {run_dir}")

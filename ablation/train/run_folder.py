@@ -39,6 +39,7 @@ from ablation.store import (
     write_status,
 )
 from ablation.train.checkpoint import (
+    copy_source_weights,
     load_last_checkpoint,
     new_run_state,
     save_best_checkpoint,
@@ -122,8 +123,9 @@ def prepare_variant(
     setup: DeviceSetup,
     on_device: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]],
 ) -> Variant:
-    """A run's splits, config.json, network (seeded: ``torch.manual_seed(seed)`` then ``build_model``),
-    generator and, from its checkpoint_last.pt, its resumed state.
+    """A run's splits, config.json, network (seeded: ``torch.manual_seed(seed)`` then ``build_model``; at a fresh
+    start of a run with ``train.init_from``, its source's matching weights copied in), generator and, from its
+    checkpoint_last.pt, its resumed state.
 
     ``on_device`` caches split tensors by image names, so variants of one split share them.
     """
@@ -135,9 +137,13 @@ def prepare_variant(
         prepared, fold=config.fold, repeat=config.repeat, num_folds=config.num_folds
     )
     env = {**environment_record(), "device": setup.name, "dataset_fingerprint": prepared.fingerprint}
-    write_run_config(out_dir, config, {**env, "splits": record})
     torch.manual_seed(config.seed)  # weight init and dropout
     model = to_memory_format(build_model(config.model).to(setup.device), setup)
+    resuming = (out_dir / LAST_CHECKPOINT).exists()
+    init_weights = None
+    if config.train.init_from and not resuming:  # a fresh start from the source run's best weights
+        init_weights = copy_source_weights(model, config, out_dir, record)
+    write_run_config(out_dir, config, {**env, "splits": record}, init_weights)
     # The run's own stream for batch order and augmentation, independent of the global RNG used for init.
     generator = torch.Generator(device=setup.device).manual_seed(derived_seed(config.seed, "data"))
     splits = []
@@ -149,7 +155,7 @@ def prepare_variant(
     variant = Variant(
         position, config, out_dir, model, generator, splits[0], splits[1], test, new_run_state()
     )
-    if (out_dir / LAST_CHECKPOINT).exists():
+    if resuming:
         variant.state, variant.optimizer_state, variant.scheduler_state = load_last_checkpoint(
             out_dir / LAST_CHECKPOINT, config, model, generator, setup
         )
