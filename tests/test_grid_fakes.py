@@ -141,3 +141,28 @@ def diverging_train(
             write_status(out_dir, "failed: non-finite loss at epoch 2", epoch=2)
         else:
             _train_one(config, Path(out_dir), device)
+
+
+def source_checking_train(
+    configs: Sequence[RunConfig], dirs: Sequence[Path], *, device: str | None = None, progress: bool = False
+) -> None:
+    """Refuses to train a run whose source (train.init_from_run) has no metrics.json yet, as the engine would;
+    U-Net runs (the sources) take longer, so a runner that starts a dependent early would be caught."""
+    for config, out_dir in zip(configs, dirs):
+        source = config.train.init_from_run
+        if source and not (Path(out_dir).parent / source / "metrics.json").exists():
+            raise AblationError(f"started before its source {source} was done")
+        if config.model.connector == "unet":
+            time.sleep(0.3)
+        fake_train([config], [out_dir], device=device)
+
+
+def unet_failing_train(
+    configs: Sequence[RunConfig], dirs: Sequence[Path], *, device: str | None = None, progress: bool = False
+) -> None:
+    """Every U-Net run fails (so runs that start from one cannot); the others train."""
+    for config, out_dir in zip(configs, dirs):
+        _enter(Path(out_dir), len(configs))
+        if config.model.connector == "unet":
+            raise ValueError("synthetic failure of a source")
+        _train_one(config, Path(out_dir), device)

@@ -102,6 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from .gpus import check_gpus, parse_gpus
+    from .order import check_sources
     from .runner import check_results_dir, run_grid
     from .spec import check_datasets, expand_spec, load_spec, parse_pack_size
     from .status import grid_status
@@ -123,6 +124,7 @@ def run_command(args: argparse.Namespace) -> int:
     lenient = args.dry_run or (args.backend == "ray" and args.ray_address is not None)
     for warning in check_datasets(spec, configs, strict=not lenient):
         print(warning, file=sys.stderr)
+    check_sources(configs, results_dir)  # a source --only left out must be done already
     if args.dry_run:
         _print_states(grid_status(results_dir, configs), results_dir, quiet=False)
         return 0

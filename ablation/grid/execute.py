@@ -8,6 +8,8 @@ run-claiming protocol:
 2. every other run is claimed with its lock file (:mod:`ablation.grid.locks`): a run another runner holds is
    ``busy``, one it finished between our check and our claim is skipped;
 3. in the claimed folders, temporary files of atomic writes cut short by a kill are removed (we own them now);
+   a claimed run whose source (``train.init_from``) is not done fails with a reason naming the source
+   (:func:`ablation.grid.order.source_problem`);
 4. ``train_unit`` trains the claimed runs, all together;
 5. a run is done exactly when its metrics.json exists afterwards; any other run failed: with the failed status
    the trainer wrote for it (a diverged variant), else with the exception the trainer raised (status.json gets
@@ -38,6 +40,7 @@ from ablation.io import read_json_table
 from ablation.store import METRICS_FILE, STATUS_FILE, run_name, write_status
 
 from . import locks
+from .order import source_problem
 from .status import run_state
 
 TrainUnit = Callable[..., None]  # train_unit(configs, dirs, *, device, progress); see the module docstring
@@ -109,6 +112,8 @@ def execute_unit(
     for config in unit:
         name = run_name(config)
         outcome = settled_outcome(results_dir, name, retry_failed) or _claim(results_dir / name)
+        if outcome is None and (reason := source_problem(config, results_dir)) is not None:
+            outcome = _fail_unclaimed(results_dir / name, reason)
         outcomes.append(outcome)
         if outcome is None:
             claimed.append(config)
@@ -134,6 +139,13 @@ def _claim(run_dir: Path) -> RunOutcome | None:
     for leftover in run_dir.glob(".*.tmp"):  # an atomic write cut short by a kill
         leftover.unlink(missing_ok=True)
     return None
+
+
+def _fail_unclaimed(run_dir: Path, reason: str) -> RunOutcome:
+    """Record in a claimed run's status.json why it cannot train (its source failed), and release it."""
+    write_status(run_dir, f"failed: {reason}", error=reason, host=socket.gethostname())
+    locks.release_lock(run_dir)
+    return RunOutcome(run_dir.name, "failed", reason)
 
 
 def _train_claimed(

@@ -2,7 +2,8 @@
 
 Workers are started with the ``spawn`` context, so each is a fresh interpreter: it sets CUDA_VISIBLE_DEVICES to
 its GPU and the thread count *before* torch is imported there (``train_unit`` is sent pickled and unpickled
-only after that), then executes units with :func:`ablation.grid.execute.execute_unit`. GPUs are found by
+only after that), then executes units with :func:`ablation.grid.execute.execute_unit`. A unit is handed out only once the units
+holding its runs' sources have finished (:class:`ablation.grid.order.UnitOrder`). GPUs are found by
 :mod:`ablation.grid.gpus` without torch. Workers die with the runner (Linux ``PR_SET_PDEATHSIG``), so a killed
 runner leaves stale locks that the next runner breaks, not orphans that keep training.
 """
@@ -23,6 +24,7 @@ from ablation.errors import AblationError
 
 from .execute import RunOutcome, TrainUnit, execute_unit, fail_abandoned_runs
 from .gpus import available_cores, detect_gpus
+from .order import UnitOrder
 
 POLL_SECONDS = 0.2
 
@@ -52,17 +54,21 @@ def run_units_local(
     progress: bool,
     on_outcomes: Callable[[list[RunOutcome]], None],
 ) -> None:
-    """Execute the units here (one worker, no GPUs named) or in spawned worker processes."""
+    """Execute the units here (one worker, no GPUs named) or in spawned worker processes, sources first."""
     if not units:
         return
     devices = [None] if gpus is None and workers == 1 else worker_devices(workers, gpus, workers_per_gpu)
     if gpus is None and devices == [None]:  # one CPU worker (or --workers 1): simplest to debug in-process
         show_run_bars = progress and sys.stderr.isatty()
-        for unit in units:
-            outcomes = execute_unit(
-                unit, results_dir, train_unit=train_unit, progress=show_run_bars, retry_failed=retry_failed
-            )
-            on_outcomes(outcomes)
+        order = UnitOrder(units)
+        while not order.all_started:
+            for index in order.ready():
+                outcomes = execute_unit(
+                    units[index], results_dir, train_unit=train_unit, progress=show_run_bars,
+                    retry_failed=retry_failed,
+                )  # fmt: skip
+                order.finish(index)
+                on_outcomes(outcomes)
         return
     _run_in_workers(units, results_dir, devices[: len(units)], train_unit, retry_failed, on_outcomes)
 
@@ -82,10 +88,19 @@ def _run_in_workers(
     # A SimpleQueue's put writes to the pipe before returning, so a worker's "start" message is never lost when
     # the worker is killed right after sending it (a Queue's feeder thread would die with it).
     results = context.SimpleQueue()
-    for index, unit in enumerate(units):
-        tasks.put((index, list(unit)))
-    for _ in devices:
-        tasks.put(None)  # one stop sign per worker
+    order = UnitOrder(units)
+
+    def hand_out() -> None:
+        """Queue the units that may start now; once every unit is queued, one stop sign per worker."""
+        if order.all_started:
+            return
+        for index in order.ready():
+            tasks.put((index, list(units[index])))
+        if order.all_started:
+            for _ in devices:
+                tasks.put(None)
+
+    hand_out()
     threads = max(1, available_cores() // len(devices))
     payload = pickle.dumps(train_unit)
 
@@ -112,10 +127,17 @@ def _run_in_workers(
     processes = {slot: start(slot) for slot in range(len(devices))}
     in_flight: dict[int, int] = {}  # slot -> unit index
     remaining = set(range(len(units)))
+
+    def finish(index: int, outcomes: list[RunOutcome]) -> None:
+        remaining.discard(index)
+        order.finish(index)
+        on_outcomes(outcomes)
+        hand_out()
+
     try:
         while remaining:
             if results.empty():  # messages of a worker that died are read before it is declared dead
-                _replace_dead_workers(processes, in_flight, units, results_dir, remaining, on_outcomes, start)
+                _replace_dead_workers(processes, in_flight, units, results_dir, finish, start)
                 if not any(p.is_alive() for p in processes.values()) and remaining:
                     raise AblationError("every grid worker exited before the grid finished")
                 time.sleep(POLL_SECONDS)
@@ -125,8 +147,7 @@ def _run_in_workers(
                 in_flight[slot] = index
             else:
                 in_flight.pop(slot, None)
-                remaining.discard(index)
-                on_outcomes(outcomes)
+                finish(index, outcomes)
     finally:
         for process in processes.values():
             if process.is_alive() and remaining:
@@ -142,8 +163,7 @@ def _replace_dead_workers(
     in_flight: dict[int, int],
     units: Sequence[Sequence[RunConfig]],
     results_dir: Path,
-    remaining: set[int],
-    on_outcomes: Callable[[list[RunOutcome]], None],
+    finish: Callable[[int, list[RunOutcome]], None],
     start: Callable[[int], Any],
 ) -> None:
     """A worker that died mid-unit (out of memory, segfault) fails that unit's unfinished runs; it is replaced."""
@@ -152,10 +172,8 @@ def _replace_dead_workers(
             continue
         index = in_flight.pop(slot)
         reason = f"worker process died with exit code {process.exitcode}"
-        outcomes = fail_abandoned_runs(units[index], results_dir, process.pid, reason)
-        remaining.discard(index)
-        on_outcomes(outcomes)
         processes[slot] = start(slot)
+        finish(index, fail_abandoned_runs(units[index], results_dir, process.pid, reason))
 
 
 def _worker_main(

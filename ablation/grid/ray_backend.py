@@ -4,7 +4,8 @@ A task reserves one GPU when the cluster has GPUs (Ray then sets its CUDA_VISIBL
 CPUs. Tasks write run folders straight into the results folder, which on a multi-node cluster must be a shared
 file system mounted at the same path on every node (``--storage``). Tasks claim runs with the same lock files as
 local workers, so a Ray grid and a local runner can share one folder; a lock held by a task on another node
-cannot be checked for liveness and is respected until removed.
+cannot be checked for liveness and is respected until removed. A unit is submitted only once the units holding
+its runs' sources have finished (:class:`ablation.grid.order.UnitOrder`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ablation.errors import AblationError
 from ablation.store import run_name
 
 from .execute import RunOutcome, TrainUnit, execute_unit
+from .order import UnitOrder
 
 
 def import_ray() -> Any:
@@ -39,7 +41,7 @@ def run_units_ray(
     retry_failed: bool,
     on_outcomes: Callable[[list[RunOutcome]], None],
 ) -> None:
-    """Submit one task per unit and report outcomes as tasks finish.
+    """Submit one task per unit, sources first, and report outcomes as tasks finish.
 
     Connects to ``address`` (a cluster), or to an already initialised Ray, or starts a local instance that is
     shut down again at the end.
@@ -60,19 +62,29 @@ def run_units_ray(
     try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         task = ray.remote(_ray_task).options(num_cpus=cpus_per_run, num_gpus=gpus, max_retries=0)
-        pending = {
-            task.remote(list(unit), str(results_dir), train_unit, retry_failed, cpus_per_run): unit
-            for unit in units
-        }
+        order = UnitOrder(units)
+        pending: dict[Any, int] = {}
+
+        def submit() -> None:
+            for index in order.ready():
+                ref = task.remote(
+                    list(units[index]), str(results_dir), train_unit, retry_failed, cpus_per_run
+                )
+                pending[ref] = index
+
+        submit()
         while pending:
             finished, _ = ray.wait(list(pending), num_returns=1)
-            unit = pending.pop(finished[0])
+            index = pending.pop(finished[0])
+            unit = units[index]
             try:
                 outcomes = ray.get(finished[0])
             except ray.exceptions.RayError as error:  # the task's worker died (node lost, out of memory)
                 reason = f"Ray task failed: {type(error).__name__}: {str(error).splitlines()[0]}"
                 outcomes = [RunOutcome(run_name(config), "failed", reason) for config in unit]
+            order.finish(index)
             on_outcomes(outcomes)
+            submit()
     finally:
         if started_here:
             ray.shutdown()

@@ -7,8 +7,9 @@ of the resolved config), so rerunning a grid finds its finished runs by name. A 
 Work is scheduled in *units*: a list of runs one worker trains together. :func:`plan_units` groups runs that can
 share a pack (:mod:`ablation.packing`); a backend (:mod:`ablation.grid.local`, :mod:`ablation.grid.ray_backend`)
 hands each unit to :func:`ablation.grid.execute.execute_unit`, which claims its runs with lock files and trains
-them with ``train_unit``. The layers point one way: ``locks``, ``gpus``, ``status`` -> ``execute`` -> ``local``,
-``ray_backend`` -> ``runner`` -> ``cli``. No torch import here: worker processes import it after pinning their GPU.
+them with ``train_unit``. A run that starts from another run's weights (``train.init_from``) is trained after
+its source (:mod:`ablation.grid.order`). The layers point one way: ``locks``, ``gpus``, ``status`` -> ``order``
+-> ``execute`` -> ``local``, ``ray_backend`` -> ``runner`` -> ``cli``. No torch import here: worker processes import it after pinning their GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ablation.store import GRID_FILE, recorded_runs, run_name
 from .execute import RunOutcome, TrainUnit, settled_outcome
 from .gpus import detect_gpus, gpu_memory_bytes
 from .local import run_units_local
+from .order import check_sources
 from .ray_backend import run_units_ray
 
 BACKENDS = ("local", "ray")
@@ -99,7 +101,8 @@ def plan_units(configs: Sequence[RunConfig], pack_size: int = 1) -> list[list[Ru
 
     With ``pack_size`` 1 every unit is one run. Larger values group runs that can train as one pack (same
     dataset, connector and settings; different seeds, folds and, for ``unet``/``cca``, skip subsets) into units of
-    at most ``pack_size`` (:func:`ablation.packing.group_for_packing`).
+    at most ``pack_size`` (:func:`ablation.packing.group_for_packing`). A run and its source (``train.init_from``)
+    never share a unit: their ``init_from`` settings differ, so they never share a pack.
     """
     if pack_size < 1:
         raise AblationError(f"pack_size must be >= 1, got {pack_size}")
@@ -162,9 +165,14 @@ def run_grid(
 
     Returns:
         The summary; ``summary.exit_code`` is 1 when any run failed.
+
+    Raises:
+        AblationError: before any run starts, for a run whose source (``train.init_from``) is neither among
+            ``configs`` nor done in ``results_dir`` (:func:`ablation.grid.order.check_sources`).
     """
     if backend not in BACKENDS:
         raise AblationError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    check_sources(configs, check_results_dir(results_dir))
     results_dir = make_results_dir(results_dir)
     names = [run_name(config) for config in configs]
     _record_grid(results_dir, names, spec_name)

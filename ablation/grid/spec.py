@@ -11,19 +11,27 @@ training and model settings. It expands into one :class:`~ablation.config.RunCon
     seeds = [0]
     folds = 5                  # "official", an integer k (k-fold cross-validation) or a list of fold indices
     repeats = 3                # k-fold repeats (the paper: 3 x 5-fold)
+    # or, instead of crossing seeds, folds and repeats, the replicates one by one:
+    # replicates = [{seed = 0, fold = 0}, {seed = 1, fold = 1}, {seed = 2, fold = 2}]
 
     [train]
     max_epochs = 2000
+
+    [train.init_from]          # per connector (or one string for all): the run to start from, see
+    uctransnet = "unet/1111"   # ablation.sources; connectors not listed start from random weights
 
     [model]
     img_size = 224
 
 Parsing has two steps. :func:`_normalise` turns the keys that take several forms (``datasets``, ``connectors``
-and ``subsets``, ``folds`` and ``num_folds``, ``pack_size``) into the fields of :class:`GridSpec`; then
+and ``subsets``, ``folds`` and ``num_folds``, ``replicates``, ``pack_size``, a ``train.init_from`` table) into the
+fields of :class:`GridSpec`; then
 :func:`ablation.config.from_dict` checks every field's type, and builds ``[train]`` and ``[model]`` as the
 :class:`~ablation.config.TrainConfig` and :class:`~ablation.config.ModelConfig` every run starts from, exactly
 as ``ablation train --config`` does. Unknown keys and invalid values raise an AblationError naming the file and
-the key and listing the valid choices. No torch import here.
+the key and listing the valid choices. Expanding resolves each ``train.init_from`` to a run of the grid
+(:func:`ablation.sources.resolve_sources`): a missing source or a cycle is an error before any run starts. No
+torch import here.
 """
 
 from __future__ import annotations
@@ -44,10 +52,12 @@ from ablation.config import (
     check_connector,
     check_interpolation,
     from_dict,
+    parse_init_from,
     read_config_file,
 )
 from ablation.errors import AblationError
 from ablation.skips import expand_subsets
+from ablation.sources import resolve_sources
 from ablation.store import run_name
 
 SPEC_KEYS: dict[str, str] = {
@@ -64,15 +74,18 @@ SPEC_KEYS: dict[str, str] = {
     "num_folds": "k when folds is a list of indices (default: 5)",
     "interpolation": f"image resizing: {', '.join(INTERPOLATIONS)} (default: reference, as the reference code)",
     "repeats": "k-fold repeats (default: 1)",
+    "replicates": "list of tables {seed = S, fold = F, repeat = R}, one per replicate, instead of crossing seeds, "
+    "folds and repeats (fold: an index, or 'official' when absent; repeat: default 0)",
     "test_time_masks": "evaluate every all-skips model under all 16 runtime masks too (default: false)",
     "pack_size": "runs trained together in one model pass: 'auto' (as many as fit on a GPU, 1 on CPU) or an "
     "integer (default: 'auto')",
-    "train": "table of TrainConfig overrides",
+    "train": "table of TrainConfig overrides; train.init_from may be a table per connector",
     "model": "table of ModelConfig overrides (connector and skips come from the grid axes)",
 }
 # Spec keys that are GridSpec fields as they are; the others are normalised first.
-_PLAIN_KEYS = ("description", "seeds", "repeats", "test_time_masks", "interpolation", "train", "model")
+_PLAIN_KEYS = ("description", "seeds", "repeats", "test_time_masks", "interpolation", "model")
 DATASET_KEYS = ("name", "data_root")
+REPLICATE_KEYS = ("seed", "fold", "repeat")
 # Set by the grid's own axes; an override in [model]/[train] would be silently replaced, so it is refused.
 _AXIS_KEYS = {
     "model": {"connector": "connectors", "skips": "subsets"},
@@ -104,6 +117,19 @@ class DatasetEntry:
 
 
 @dataclass(frozen=True)
+class Replicate:
+    """One replicate of every setting of a grid: a seed and a split."""
+
+    seed: int
+    fold: int | None = None  # None: the layout's own train/val split; else the k-fold index
+    repeat: int = 0  # k-fold repeat
+
+    def __str__(self) -> str:
+        fold = "official" if self.fold is None else self.fold
+        return f"{{seed = {self.seed}, fold = {fold}, repeat = {self.repeat}}}"
+
+
+@dataclass(frozen=True)
 class GridSpec:
     """A parsed experiment spec; :meth:`expand` gives its runs."""
 
@@ -116,10 +142,14 @@ class GridSpec:
     folds: tuple[int | None, ...] = (None,)  # None: the layout's own train/val split
     num_folds: int = 5
     repeats: int = 1
+    # Given, these replicates replace the product of repeats x folds x seeds (pairing seeds with folds).
+    replicates: tuple[Replicate, ...] = ()
     test_time_masks: bool = False
     interpolation: str = "reference"  # how images are resized (RunConfig.interpolation)
     pack_size: int | None = None  # None: automatic (packs on GPU sized to its memory, single runs on CPU)
     train: TrainConfig = field(default_factory=TrainConfig)  # test_time_masks comes from the spec's own key
+    # (connector, train.init_from) pairs that replace train.init_from for that connector's runs
+    init_from: tuple[tuple[str, str], ...] = ()
     model: ModelConfig = field(default_factory=ModelConfig)  # connector and skips come from ``variants``
     description: str = ""
     source: str | None = None  # the spec file, for messages
@@ -149,31 +179,73 @@ class GridSpec:
             raise AblationError(
                 f"'repeats' = {self.repeats} needs k-fold 'folds' (repeats re-split the folds)"
             )
+        self._check_replicates()
+        connectors = dict.fromkeys(connector for connector, _ in self.variants)
+        init_from = []
+        for connector, value in self.init_from:
+            if connector not in connectors:
+                raise AblationError(
+                    f"unknown key 'train.init_from.{connector}': valid keys are the connectors "
+                    f"{', '.join(connectors)}"
+                )
+            init_from.append((connector, parse_init_from(value, f"train.init_from.{connector}")))
+        object.__setattr__(self, "init_from", tuple(init_from))
+
+    def _check_replicates(self) -> None:
+        """Seeds >= 0, folds in range, official and k-fold splits not mixed, no replicate twice."""
+        for replicate in self.replicates:
+            if replicate.seed < 0 or replicate.repeat < 0:
+                raise AblationError(f"'replicates': seed and repeat must be integers >= 0, got {replicate}")
+            if replicate.fold is not None and not 0 <= replicate.fold < self.num_folds:
+                raise AblationError(
+                    f"'replicates': fold {replicate.fold} out of range for num_folds = {self.num_folds}: "
+                    f"choose 0..{self.num_folds - 1}"
+                )
+            if replicate.fold is None and replicate.repeat != 0:
+                raise AblationError(f"'replicates': repeat {replicate.repeat} needs a k-fold 'fold'")
+        if len({r.fold is None for r in self.replicates}) > 1:
+            raise AblationError("'replicates' mixes the official split with fold indices")
+        if len(set(self.replicates)) != len(self.replicates):
+            twice = next(r for r in self.replicates if self.replicates.count(r) > 1)
+            raise AblationError(f"'replicates' lists {twice} twice")
+
+    def replicate_list(self) -> list[Replicate]:
+        """The replicates in grid order: ``replicates`` as given, else repeat, fold, seed (slowest first)."""
+        if self.replicates:
+            return list(self.replicates)
+        grid = itertools.product(range(self.repeats), self.folds, self.seeds)
+        return [Replicate(seed=seed, fold=fold, repeat=repeat) for repeat, fold, seed in grid]
 
     def expand(self) -> list[RunConfig]:
-        """One RunConfig per run, without duplicates.
+        """One RunConfig per run, without duplicates, each ``train.init_from`` resolved to a run of the grid.
 
-        Replicates (repeat, fold, seed) vary slowest, so a partly finished grid already covers every subset and
-        connector for the first replicates.
+        Replicates (repeat, fold, seed, or ``replicates`` as listed) vary slowest, so a partly finished grid
+        already covers every subset and connector for the first replicates.
+
+        Raises:
+            AblationError: a ``train.init_from`` that names no run of the grid (or several), or a cycle.
         """
         configs: dict[str, RunConfig] = {}
-        grid = itertools.product(range(self.repeats), self.folds, self.seeds, self.datasets, self.variants)
-        for repeat, fold, seed, entry, (connector, skips) in grid:
+        init_from = dict(self.init_from)
+        grid = itertools.product(self.replicate_list(), self.datasets, self.variants)
+        for replicate, entry, (connector, skips) in grid:
             config = RunConfig(
                 dataset=entry.name,
-                seed=seed,
-                fold=fold,
-                repeat=repeat,
+                seed=replicate.seed,
+                fold=replicate.fold,
+                repeat=replicate.repeat,
                 num_folds=self.num_folds,
                 data_root=entry.data_root,
                 interpolation=self.interpolation,
                 model=dataclasses.replace(self.model, connector=connector, skips=skips),
                 train=dataclasses.replace(
-                    self.train, test_time_masks=self.test_time_masks and skips == "1111"
+                    self.train,
+                    test_time_masks=self.test_time_masks and skips == "1111",
+                    init_from=init_from.get(connector, self.train.init_from),
                 ),
             )
             configs.setdefault(run_name(config), config)
-        return list(configs.values())
+        return resolve_sources(list(configs.values()))
 
 
 def load_spec(spec: str | Path | dict[str, Any]) -> GridSpec:
@@ -268,9 +340,47 @@ def _normalise(data: dict[str, Any], default_name: str) -> dict[str, Any]:
     fields["out"] = data.get("out", f"results/{fields['name']}")
     fields["datasets"] = [_dataset_entry(item, data.get("data_root")) for item in _listed(data, "datasets")]
     fields["variants"] = _variants(data.get("connectors"), data.get("subsets", "all"))
-    fields["folds"], fields["num_folds"] = _folds(data.get("folds", "official"), data.get("num_folds"))
+    if "replicates" in data:
+        crossed = [key for key in ("seeds", "folds", "repeats") if key in data]
+        if crossed:
+            raise AblationError(f"'replicates' replaces 'seeds', 'folds' and 'repeats': drop {crossed[0]!r}")
+        fields["replicates"] = [_replicate(item) for item in _listed(data, "replicates")]
+        fields["num_folds"] = data.get("num_folds", 5)
+    else:
+        fields["folds"], fields["num_folds"] = _folds(data.get("folds", "official"), data.get("num_folds"))
+    fields["train"], fields["init_from"] = _train_table(data.get("train", {}))
     fields["pack_size"] = parse_pack_size(data.get("pack_size", "auto"), "'pack_size'")
     return fields
+
+
+def _replicate(item: Any) -> dict[str, Any]:
+    """A ``replicates`` entry: a table with ``seed`` and, for k-fold splits, ``fold`` (and ``repeat``)."""
+    if not isinstance(item, dict):
+        raise AblationError(
+            f"'replicates' entries must be tables such as {{seed = 0, fold = 0}}, got {item!r}"
+        )
+    unknown = [key for key in item if key not in REPLICATE_KEYS]
+    if unknown:
+        raise AblationError(
+            f"unknown key {('replicates.' + unknown[0])!r}: valid keys are {', '.join(REPLICATE_KEYS)}"
+        )
+    if "seed" not in item:
+        raise AblationError(f"'replicates' entry {item!r} needs 'seed'")
+    return {**item, "fold": None} if item.get("fold") == "official" else item
+
+
+def _train_table(train: Any) -> tuple[Any, list[list[Any]]]:
+    """The ``[train]`` table without a per-connector ``init_from`` table, and that table as pairs."""
+    if not isinstance(train, dict):
+        return train, []
+    if "init_from_run" in train:
+        raise AblationError(
+            "'train.init_from_run' is filled in by the grid (the source run's name): set train.init_from"
+        )
+    if not isinstance(train.get("init_from"), dict):
+        return train, []
+    table = train["init_from"]
+    return {k: v for k, v in train.items() if k != "init_from"}, [[k, v] for k, v in table.items()]
 
 
 def _listed(data: dict[str, Any], key: str, default: Any = None) -> list[Any]:
