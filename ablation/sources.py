@@ -122,14 +122,7 @@ def resolve_sources(configs: Sequence[RunConfig]) -> list[RunConfig]:
         index = start
         while index not in resolved and index in source_of:  # walk to a resolved run or a random start
             if index in chain:
-                steps = " -> ".join(selector(configs[i]) for i in chain[chain.index(index) :] + [index])
-                raise AblationError(
-                    f"run {run_label(configs[index])}: train.init_from {configs[index].train.init_from!r} "
-                    f"forms a cycle ({steps}): give one of them '' (random weights)"
-                    if len(chain) - chain.index(index) > 1
-                    else f"run {run_label(configs[index])}: train.init_from "
-                    f"{configs[index].train.init_from!r} names the run itself: name another run or ''"
-                )
+                raise _cycle_error([configs[i] for i in chain[chain.index(index) :]])
             chain.append(index)
             index = source_of[index]
         if index not in resolved:
@@ -137,6 +130,16 @@ def resolve_sources(configs: Sequence[RunConfig]) -> list[RunConfig]:
         for dependent in reversed(chain):
             resolved[dependent] = _with_source(configs[dependent], run_name(resolved[source_of[dependent]]))
     return [resolved[index] for index in range(len(configs))]
+
+
+def _cycle_error(loop: list[RunConfig]) -> AblationError:
+    """The error for runs that start from each other in a loop (``loop[i]`` starts from ``loop[i + 1]``)."""
+    first = loop[0]
+    where = f"run {run_label(first)}: train.init_from {first.train.init_from!r}"
+    if len(loop) == 1:
+        return AblationError(f"{where} names the run itself: name another run or '' (random weights)")
+    steps = " -> ".join(selector(config) for config in [*loop, first])
+    return AblationError(f"{where} forms a cycle ({steps}): give one of them '' (random weights)")
 
 
 def _with_source(config: RunConfig, name: str) -> RunConfig:
