@@ -81,12 +81,19 @@ _NOT_IDENTITY = {
 
 
 def run_id(config: RunConfig) -> str:
-    """Hash of the resolved config, minus settings that do not change the result."""
+    """Hash of the resolved config, minus settings that do not change the result.
+
+    A run from random weights (empty ``train.init_from`` and ``train.init_from_run``, the defaults) hashes
+    without those keys, so it keeps the id it had before runs could start from other runs.
+    """
     data = to_dict(config)
     for key in _NOT_IDENTITY[""]:
         data.pop(key, None)
     for key in _NOT_IDENTITY["train"]:
         data["train"].pop(key, None)
+    for key in ("init_from", "init_from_run"):
+        if not data["train"][key]:
+            data["train"].pop(key)
     return stable_hash(data, length=8)
 
 

@@ -179,6 +179,8 @@ def test_identity_follows_the_source() -> None:
     assert longer.train.init_from_run == store.run_name(_run("unet", max_epochs=2))
     random_start = resolve_sources([_run("uctransnet")])[0]
     assert store.run_id(random_start) != store.run_id(first)
+    # Runs from random weights keep the ids they had before train.init_from existed.
+    assert store.run_name(RunConfig(dataset="glas", fold=0)) == "glas_unet_1111_s0_r0f0_10819212"
 
 
 def test_cli_train_init_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
