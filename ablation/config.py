@@ -237,12 +237,17 @@ class TrainConfig:
     # The source run's folder name (its run id is the last part), filled in from init_from by the grid or
     # `ablation train`, never by hand: part of the run's identity, so a changed source makes a new run.
     init_from_run: str = ""
+    # TensorBoard event files in <run>/tensorboard (the optional `tensorboard` extra): losses, validation Dice
+    # and learning rate once per epoch, and every `tensorboard_images_every` epochs (0: never) a few validation
+    # images with their masks and predictions. Not part of the run's identity.
+    tensorboard: bool = False
+    tensorboard_images_every: int = 10
 
     def __post_init__(self) -> None:
         for key in ("max_epochs", "batch_size", "scheduler_t0", "scheduler_t_mult", "checkpoint_every"):
             _check_range(f"train.{key}", getattr(self, key), minimum=1)
         _check_range("train.eval_batch_size", self.eval_batch_size, minimum=1)
-        for key in ("patience", "min_best_epoch", "save_predictions"):
+        for key in ("patience", "min_best_epoch", "save_predictions", "tensorboard_images_every"):
             _check_range(f"train.{key}", getattr(self, key), minimum=0)
         _check_range("train.lr", self.lr, minimum=0.0, exclusive_minimum=True)
         for key in ("weight_decay", "scheduler_eta_min"):

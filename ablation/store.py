@@ -7,6 +7,7 @@ A run folder holds (written in this order; every write is atomic)::
                         another run's weights (train.init_from) also records "init_weights": what was copied
     status.json         {"status": "running" | "done" | "failed: <reason>", "error": ..., "epoch": ...}
     history.csv         one row per epoch: epoch, train_loss, val_loss, val_dice, lr, seconds
+    tensorboard/        optional (train.tensorboard): TensorBoard event files, written once per epoch
     checkpoint_last.pt  resumable state (model, optimiser, scheduler, RNG, early-stopping state, epoch)
     checkpoint_best.pt  best model on validation Dice (after TrainConfig.min_best_epoch)
     test_metrics.csv    one row per test image: image, dice, iou, hd95 [, object_f1, object_dice, object_hausdorff]
@@ -59,6 +60,9 @@ TEST_METRICS_FILE = "test_metrics.csv"
 MASKED_METRICS_FILE = "masked_metrics.csv"
 PREDICTIONS_FILE = "predictions.npz"
 METRICS_FILE = "metrics.json"
+TENSORBOARD_FOLDER = (
+    "tensorboard"  # event files, only with train.tensorboard (ablation.train.tensorboard_log)
+)
 
 # Keys every metrics.json has (writers are tested against these).
 METRICS_KEYS = tuple(
@@ -75,7 +79,15 @@ GRID_FILE = (
 
 # Settings that do not change what is computed (where and how fast), left out of a run's identity.
 _NOT_IDENTITY = {
-    "train": ("eval_batch_size", "compile", "checkpoint_every", "pack_conv", "cuda_graphs"),
+    "train": (
+        "eval_batch_size",
+        "compile",
+        "checkpoint_every",
+        "pack_conv",
+        "cuda_graphs",
+        "tensorboard",
+        "tensorboard_images_every",
+    ),
     "": ("data_root",),
 }
 

@@ -101,6 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from ablation.train.tensorboard_log import check_tensorboard
+
     from .gpus import check_gpus, parse_gpus
     from .order import check_sources
     from .runner import check_results_dir, run_grid
@@ -130,6 +132,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     if gpus is not None and args.backend == "local":
         check_gpus(gpus)
+    check_tensorboard(configs)
     summary = run_grid(
         configs,
         results_dir,

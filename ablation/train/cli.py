@@ -47,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="write TensorBoard logs to the run folder's tensorboard/ (train.tensorboard; needs the "
+        "'tensorboard' extra)",
+    )
+    train.add_argument(
         "--out", type=Path, required=True, help="results folder; the run goes to OUT/<run name>"
     )
     train.set_defaults(handler=_train)
@@ -105,6 +112,7 @@ def build_run_config(args: argparse.Namespace) -> Any:
         "model.img_size": args.img_size,
         "train.max_epochs": args.epochs,
         "train.init_from": None if _init_folder(args) else args.init_from,
+        "train.tensorboard": args.tensorboard,
     }
     overrides: dict[str, Any] = {key: value for key, value in flags.items() if value is not None}
     for item in args.set:

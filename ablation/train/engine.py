@@ -38,12 +38,15 @@ from ablation.train.pack import Pack
 from ablation.train.run_folder import (
     Variant,
     check_trainable,
+    close_log,
     end_epoch,
     finish_variant,
     has_stopped,
+    log_predictions,
     prepare_variant,
     record_non_finite,
 )
+from ablation.train.tensorboard_log import check_tensorboard
 
 
 class RunFailed(AblationError):
@@ -114,6 +117,7 @@ def train_packed(
         )
     for config in configs:
         check_trainable(config)
+    check_tensorboard(configs)
     cfg = configs[0].train
     # The device is checked even when every run is done: a wrong device must not pass silently.
     setup = setup_device(device, precision=cfg.precision, channels_last=cfg.channels_last)
@@ -164,6 +168,9 @@ def _train_pending(
             if results[position] is None and (out_dir / CONFIG_FILE).exists():
                 write_status(out_dir, f"failed: {type(error).__name__}: {error}")
         raise
+    finally:
+        for variant in variants:
+            close_log(variant)
 
 
 def _pack_data(variants: list[Variant]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -204,6 +211,7 @@ def _train_pack(
         val_losses, val_dice = pack.validate(*val)
         numbers = torch.stack([train_losses, val_losses, val_dice], dim=1).tolist()  # the epoch's one sync
         seconds = (time.perf_counter() - epoch_start) / len(variants)  # the epoch's wall time, shared
+        log_predictions(variants, epoch, *val, pack.probabilities)  # TensorBoard previews, every N epochs
         finished = []
         for k, (variant, (train_loss, val_loss, dice)) in enumerate(zip(variants, numbers)):
             failure = record_non_finite(variant, epoch, train_loss, val_loss)

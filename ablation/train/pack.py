@@ -279,13 +279,29 @@ class Pack:
         loss_sum = torch.zeros(self.size, device=self.setup.device)
         dice_sum = torch.zeros(self.size, device=self.setup.device)
         for start in range(0, count, cfg.eval_batch_size):
-            batch = images[:, start : start + cfg.eval_batch_size].float().div_(255.0)
             batch_masks = masks[:, start : start + cfg.eval_batch_size]
-            with autocast(self.setup):
-                logits = variant_logits(self.step_network(pack_images(batch, self.setup)))  # (K, b, 1, H, W)
+            logits = self._eval_logits(images[:, start : start + cfg.eval_batch_size])  # (K, b, 1, H, W)
             loss_sum += segmentation_loss(logits, batch_masks, cfg.bce_weight, per_image=True).sum(-1)
             pred = (logits.float() > cut).flatten(-3)  # (K, b, H*W)
             truth = batch_masks.flatten(-3).bool()
             intersection = (pred & truth).sum(-1)
             dice_sum += (2.0 * intersection / (pred.sum(-1) + truth.sum(-1) + EPSILON)).sum(-1)
         return loss_sum / count, dice_sum / count
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Each variant's foreground probabilities for a few images (the TensorBoard previews).
+
+        Args:
+            images: ``uint8 (K, n, 3, H, W)``, variant k's images at ``[k]``.
+
+        Returns:
+            ``float32 (K, n, 1, H, W)`` on the device.
+        """
+        self.network.eval()
+        return torch.sigmoid(self._eval_logits(images).float())
+
+    def _eval_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(K, b, 1, H, W)`` of ``uint8 (K, b, 3, H, W)`` images; the network must be in eval mode."""
+        with autocast(self.setup):
+            return variant_logits(self.step_network(pack_images(images.float().div_(255.0), self.setup)))

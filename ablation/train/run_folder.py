@@ -2,7 +2,8 @@
 
 Everything a run folder holds (:mod:`ablation.store`) is written from here, through the store's writers (JSON and
 CSV) and :mod:`ablation.train.checkpoint` (``.pt`` files): config.json when the run starts (a resumed run keeps
-it), history.csv rewritten on start/resume and appended once per epoch, checkpoint_last.pt and status.json every
+it), history.csv rewritten on start/resume and appended once per epoch (with ``train.tensorboard`` the same
+numbers go to TensorBoard, :mod:`ablation.train.tensorboard_log`), checkpoint_last.pt and status.json every
 ``checkpoint_every`` epochs and at the end, then checkpoint_best.pt, test_metrics.csv, predictions.npz,
 masked_metrics.csv and metrics.json last. Training alone or in a pack writes the same files.
 """
@@ -47,6 +48,7 @@ from ablation.train.checkpoint import (
 )
 from ablation.train.device import DeviceSetup, to_memory_format
 from ablation.train.evaluate import score_test, write_predictions
+from ablation.train.tensorboard_log import PREVIEW_IMAGES, TensorBoardLog
 
 
 @dataclasses.dataclass
@@ -66,6 +68,7 @@ class Variant:
     optimizer_state: dict[str, Any] | None = None  # from checkpoint_last.pt when resuming
     scheduler_state: dict[str, Any] | None = None
     stopped_early: bool = False
+    log: TensorBoardLog | None = None  # with train.tensorboard
 
 
 def check_trainable(config: RunConfig) -> None:
@@ -161,6 +164,10 @@ def prepare_variant(
         )
     write_history(out_dir, variant.state["history"])  # epochs after the checkpoint are redone
     write_status(out_dir, "running", epoch=variant.state["epoch"])
+    if config.train.tensorboard:
+        variant.log = TensorBoardLog(
+            out_dir, resume_epoch=variant.state["epoch"], images_every=config.train.tensorboard_images_every
+        )
     variant.setup_seconds = time.perf_counter() - started
     return variant
 
@@ -188,6 +195,8 @@ def end_epoch(
     record = dict(zip(HISTORY_COLUMNS, row))
     state["history"].append(record)
     append_history(variant.out_dir, [record])
+    if variant.log is not None:
+        variant.log.scalars(record)
     state["epoch"] = epoch
     model = None
     if epoch > cfg.min_best_epoch and val_dice > state["best_dice"]:
@@ -216,6 +225,7 @@ def record_non_finite(variant: Variant, epoch: int, train_loss: float, val_loss:
         return None
     reason = f"failed: non-finite loss at epoch {epoch}"
     write_status(variant.out_dir, reason, epoch=epoch, train_loss=str(train_loss), val_loss=str(val_loss))
+    close_log(variant)
     return {"status": reason, "run_id": run_id(variant.config), "run_name": run_name(variant.config)}
 
 
@@ -274,5 +284,38 @@ def finish_variant(variant: Variant, setup: DeviceSetup) -> dict[str, Any]:
         **summary,
     }
     write_status(out_dir, "done", epoch=state["epoch"])
+    close_log(variant)
     write_metrics(out_dir, result)  # last: the run is done exactly when this exists
     return result
+
+
+def log_predictions(
+    variants: list[Variant],
+    epoch: int,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    probabilities: Callable[[torch.Tensor], torch.Tensor],
+) -> None:
+    """At the epochs ``train.tensorboard_images_every`` names, log the first few validation images with their
+    masks and predictions for each run that logs to TensorBoard (one small forward pass, off the step path).
+
+    Args:
+        variants: the pack's runs, in the pack's order.
+        images: ``uint8 (K, N, 3, H, W)`` validation images; masks: ``uint8 (K, N, 1, H, W)``.
+        probabilities: the pack's ``(K, n, 1, H, W)`` foreground probabilities for ``uint8 (K, n, 3, H, W)``.
+    """
+    due = [
+        k for k, variant in enumerate(variants) if variant.log is not None and variant.log.images_due(epoch)
+    ]
+    if not due:
+        return
+    count = min(PREVIEW_IMAGES, images.shape[1])
+    shown = [tensor[:, :count].cpu().numpy() for tensor in (images, masks, probabilities(images[:, :count]))]
+    for k in due:
+        variants[k].log.predictions(epoch, *(array[k] for array in shown))  # type: ignore[union-attr]
+
+
+def close_log(variant: Variant) -> None:
+    """Close the run's TensorBoard event file, if it has one."""
+    if variant.log is not None:
+        variant.log.close()
