@@ -13,37 +13,34 @@ imported when first used): a training step counts :data:`TRAIN_STEP_FACTOR` x fo
 evaluation 1 x forward.
 
 Wall time needs a training throughput: ``--throughput IMG_PER_S``, or a table measured on this device by
-``benchmarks/packed_training.py`` in ``results/benchmarks/`` (``{"meta": {"device", "base", "size", "batch",
-...}, "records": [{"model", "method", "k", "images_per_s", ...}]}``). Each pack the grid will train takes the
-measurement closest to it (same connector, single run or pack, nearest pack size), scaled by FLOPs when the
-measured model's width or image size differ. Evaluation is taken as :data:`EVAL_SPEEDUP` x the training rate.
+``benchmarks/packed_training.py`` in ``results/benchmarks/`` (read by :mod:`ablation.grid.throughput`). Each pack
+the grid will train takes the measurement closest to it (same connector, single run or pack, nearest pack size),
+scaled by FLOPs when the measured model's width or image size differ. Evaluation is taken as
+:data:`EVAL_SPEEDUP` x the training rate. ``ablation run SPEC --dry-run`` prints :func:`format_cost` of
+:func:`estimate_cost` after its listing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ablation.config import CONNECTORS, ModelConfig, RunConfig
+from ablation.config import ModelConfig, RunConfig
 from ablation.data.prepare import DATASET_FOLDERS, default_data_root, resolve_dataset
 from ablation.data.readers import scan_reference_layout
 from ablation.data.splits import kfold
 from ablation.data.synthetic import DEFAULT_COUNTS as SYNTHETIC_COUNTS
 from ablation.errors import AblationError
-from ablation.io import read_json
 from ablation.packing import group_for_packing
-from ablation.skips import ALL_SUBSETS, NUM_SKIPS
+from ablation.skips import ALL_SUBSETS
+
+from .throughput import ALL_SKIPS, BENCHMARKS_DIR, ThroughputRow, load_throughput_tables, pick_throughput
 
 TRAIN_STEP_FACTOR = 3  # FLOPs of a training step per image, in forward passes (backward ~ 2 x forward)
 EVAL_SPEEDUP = 3  # evaluation images/s relative to training images/s: a forward pass only
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BENCHMARKS_DIR = REPO_ROOT / "results" / "benchmarks"
-ALL_SKIPS = "1" * NUM_SKIPS
 
 
 @dataclass(frozen=True)
@@ -66,36 +63,6 @@ class Passes:
     @property
     def eval(self) -> int:
         return self.val + self.test
-
-
-@dataclass(frozen=True)
-class ThroughputRow:
-    """One measured training throughput from a benchmark table.
-
-    Attributes:
-        source: the table file, relative to the repository when inside it.
-        connector: the model measured (a key of :data:`ablation.config.CONNECTORS`).
-        method: ``single`` (one run) or ``packed`` (``k`` runs in one model pass).
-        k: runs trained together.
-        compiled: measured with ``torch.compile``.
-        images_per_s: training images per second summed over the ``k`` runs.
-        base_channels, img_size, batch_size: the measured setting.
-    """
-
-    source: str
-    connector: str
-    method: str
-    k: int
-    compiled: bool
-    images_per_s: float
-    base_channels: int
-    img_size: int
-    batch_size: int
-
-    def describe(self) -> str:
-        kind = "single run" if self.method == "single" else f"pack of {self.k}"
-        compiled = ", compiled" if self.compiled else ""
-        return f"{self.source}: {self.connector} {kind}{compiled}"
 
 
 @dataclass(frozen=True)
@@ -152,7 +119,7 @@ def estimate_cost(
     throughput: float | None = None,
     pack_size: int = 1,
     devices: int = 1,
-    benchmarks_dir: str | Path = BENCHMARKS_DIR,
+    benchmarks_dir: str | Path | None = None,
     gflops: Callable[[ModelConfig], float] = forward_gflops,
 ) -> GridCost:
     """Count a grid's image passes and FLOPs and, with a throughput, estimate its wall time.
@@ -166,7 +133,8 @@ def estimate_cost(
             them (:func:`ablation.packing.group_for_packing`).
         devices: devices training in parallel; the wall time is the total divided among them (at least the
             longest pack or run).
-        benchmarks_dir: where the throughput tables are.
+        benchmarks_dir: where the throughput tables are (default :data:`BENCHMARKS_DIR`, the repository's
+            ``results/benchmarks``).
         gflops: forward GFLOPs per image of a model (cached per model); the default needs torch.
 
     Returns:
@@ -200,9 +168,8 @@ def estimate_cost(
             flop = None
             break
         flop += forward * 1e9 * (TRAIN_STEP_FACTOR * passes.train + passes.eval)
-    wall, rate, rates, note = _wall_time(
-        counted, device, throughput, pack_size, devices, Path(benchmarks_dir), flops
-    )
+    tables = Path(BENCHMARKS_DIR if benchmarks_dir is None else benchmarks_dir)
+    wall, rate, rates, note = _wall_time(counted, device, throughput, pack_size, devices, tables, flops)
     return GridCost(
         runs=len(configs),
         unknown=dict(unknown),
@@ -247,32 +214,6 @@ def format_cost(cost: GridCost) -> list[str]:
     )
     lines += [f"  {rate}" for rate in cost.rates]
     return lines
-
-
-def load_throughput_tables(folder: str | Path, device: str) -> list[ThroughputRow]:
-    """The measured training throughputs of ``device`` in the benchmark tables (``*.json``) of ``folder``.
-
-    Tables of other devices, files in other formats and rows without a throughput (a failed measurement, the
-    reference-style ``baseline`` loop) are left out. Device names match ignoring case and punctuation.
-    """
-    folder = Path(folder)
-    rows = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            content = read_json(path)
-        except AblationError:
-            continue
-        meta = content.get("meta") if isinstance(content, dict) else None
-        records = content.get("records") if isinstance(content, dict) else None
-        if not isinstance(meta, dict) or not isinstance(records, list):
-            continue
-        if _slug(str(meta.get("device", ""))) != _slug(device):
-            continue
-        for record in records:
-            row = _throughput_row(record, meta, _shown(path))
-            if row is not None:
-                rows.append(row)
-    return rows
 
 
 # image counts ------------------------------------------------------------------------------------------------
@@ -379,7 +320,7 @@ def _wall_time(
         if throughput is not None:
             rate, source = throughput, "--throughput"
         else:
-            chosen = _pick_row(rows, unit[0], len(unit), flops)
+            chosen = pick_throughput(rows, unit[0], len(unit), flops)
             if chosen is None:
                 return None, None, (), f"no usable throughput for {device} ({flops.problem or 'no row fits'})"
             rate, source = chosen
@@ -395,84 +336,6 @@ def _wall_time(
     total_train = sum(passes.train for passes in counted.values())
     wall = max((train_seconds + eval_seconds) / devices, longest)
     return wall, total_train / train_seconds, lines, ""
-
-
-def _pick_row(
-    rows: list[ThroughputRow], config: RunConfig, k: int, flops: _FlopCounter
-) -> tuple[float, str] | None:
-    """The measurement closest to how ``k`` runs like ``config`` train together, and its img/s for them.
-
-    Preference: the same connector (else the one nearest in FLOPs at the grid's model size), the same kind
-    (single run or pack), the nearest pack size, the same compile setting, then the same model size. A
-    measurement of another model size or connector is scaled by the ratio of forward FLOPs (all skips on both
-    sides: a pack computes every skip).
-    """
-    method = "single" if k == 1 else "packed"
-    target = dataclasses.replace(config.model, skips=ALL_SKIPS)
-    target_flops = flops(target)
-    best: tuple[tuple, float, str] | None = None
-    for row in rows:
-        measured = dataclasses.replace(
-            target, connector=row.connector, base_channels=row.base_channels, img_size=row.img_size
-        )
-        scale, likeness = 1.0, 0.0
-        if measured != target:
-            measured_flops = flops(measured)
-            same_size = flops(dataclasses.replace(target, connector=row.connector))
-            if measured_flops is None or same_size is None or target_flops is None:
-                continue
-            scale, likeness = measured_flops / target_flops, abs(math.log(same_size / target_flops))
-        rank = (
-            row.connector != config.model.connector,
-            likeness,
-            row.method != method,
-            abs(math.log(row.k / k)),
-            row.compiled != config.train.compile,
-            measured != target,
-        )
-        if best is None or rank < best[0]:
-            source = row.describe()
-            if measured != target:
-                source += ", scaled by FLOPs"
-            if (row.base_channels, row.img_size) != (target.base_channels, target.img_size):
-                source += f" from base {row.base_channels}, {row.img_size} px"
-            if row.batch_size != config.train.batch_size:
-                source += f", measured at batch {row.batch_size}"
-            best = (rank, row.images_per_s * scale, source)
-    return None if best is None else (best[1], best[2])
-
-
-def _throughput_row(record: Any, meta: dict[str, Any], source: str) -> ThroughputRow | None:
-    """A benchmark record as a row, or None when it has no usable training throughput for our runs."""
-    if not isinstance(record, dict):
-        return None
-    family, *options = str(record.get("method", "")).split("+")
-    rate = record.get("images_per_s")
-    fields = (meta.get("base"), meta.get("size"), meta.get("batch"), record.get("k"))
-    if (
-        family not in ("single", "packed")  # "baseline" is the reference-style loop, not how the grid trains
-        or record.get("model") not in CONNECTORS
-        or not isinstance(rate, (int, float))
-        or not math.isfinite(rate)
-        or rate <= 0
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in fields)
-    ):
-        return None
-    base, size, batch, k = fields
-    return ThroughputRow(
-        source, record["model"], family, k, "compile" in options, float(rate), base, size, batch
-    )
-
-
-def _slug(name: str) -> str:
-    return "".join(char for char in name.lower() if char.isalnum())
-
-
-def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 
 
 def _scientific(value: float) -> str:
