@@ -276,3 +276,79 @@ def _layout(root: Path, splits: dict[str, int]) -> None:
         for i in range(count):
             (root / folder / "img" / f"image_{i}.png").write_bytes(b"")
             (root / folder / "labelcol" / f"image_{i}.png").write_bytes(b"")
+
+
+# `ablation run SPEC --dry-run`: the cost after the listing ---------------------------------------------------
+
+
+@pytest.fixture
+def tiny_spec(tmp_path, monkeypatch):
+    """TINY as a spec file; this machine offers no GPU (the CLI asks ablation.grid.gpus)."""
+    from ablation.grid import gpus
+
+    monkeypatch.setattr(gpus, "detect_gpus", lambda: [])
+    path = tmp_path / "tiny.toml"
+    path.write_text(
+        'datasets = ["synthetic-nuclei"]\nsubsets = ["none", "all"]\n'
+        "[model]\nimg_size = 32\nbase_channels = 4\n[train]\nmax_epochs = 3\n"
+    )
+    return path
+
+
+def _dry_run(spec: Path, out: Path, capsys, *flags: str) -> list[str]:
+    from ablation.cli import main
+
+    assert main(["run", str(spec), "--out", str(out), "--dry-run", *flags]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_dry_run_ends_with_the_cost_at_a_given_throughput(tiny_spec, tmp_path, capsys):
+    lines = _dry_run(tiny_spec, tmp_path / "results", capsys, "--throughput", "100")
+    listing = next(i for i, line in enumerate(lines) if line.startswith("2 runs in "))
+    assert lines[listing + 1].startswith("cost: 2 runs, at most 144 training-image passes (+ 60 eval)")
+    wall = next(line for line in lines if line.startswith("estimated wall time"))
+    assert "on 1 x cpu at 100 training img/s" in wall and wall.endswith("- an estimate")
+    assert lines[-1] == "  unet, 2 single runs: 100 img/s from --throughput"
+    assert not (tmp_path / "results").exists()  # a dry run writes nothing
+
+
+def test_dry_run_on_cpu_uses_the_cpu_table_or_says_there_is_none(
+    tiny_spec, tmp_path, capsys, monkeypatch, tables
+):
+    from ablation.grid import cost
+
+    monkeypatch.setattr(cost, "BENCHMARKS_DIR", tables)
+    lines = _dry_run(tiny_spec, tmp_path / "results", capsys)
+    assert any(
+        line.startswith("estimated wall time: ") and "on 1 x cpu at 10 training" in line for line in lines
+    )
+    assert lines[-1].endswith("packed_training_cpu.json: unet single run")
+    monkeypatch.setattr(cost, "BENCHMARKS_DIR", tmp_path / "no-tables")
+    lines = _dry_run(tiny_spec, tmp_path / "results", capsys)
+    assert lines[-1] == "wall time: no throughput measured for cpu; pass --throughput IMG_PER_S"
+
+
+def test_dry_run_on_a_gpu_looks_up_its_name(tiny_spec, tmp_path, capsys, monkeypatch, tables):
+    from ablation.grid import cost, gpus
+
+    smi = {"index": "0", "uuid": "GPU-1234", "name": "NVIDIA H200", "memory.total": "143771"}
+    monkeypatch.setattr(gpus, "_query_gpus", lambda fields: [[smi[field] for field in fields]])
+    monkeypatch.setattr(gpus, "detect_gpus", lambda: ["0"])
+    assert gpus.gpu_names(["GPU-1234"]) == gpus.gpu_names(["0"]) == ["NVIDIA H200"]
+    assert gpus.gpu_names(["1"]) == gpus.gpu_names([]) == []
+    monkeypatch.setattr(cost, "BENCHMARKS_DIR", tables)
+    lines = _dry_run(tiny_spec, tmp_path / "results", capsys)
+    # pack_size "auto" on a 140 GiB GPU: both runs in one pack, timed by the nearest pack row (K = 4)
+    assert any("on 1 x NVIDIA H200 at 200 training img/s" in line for line in lines)
+    assert lines[-1].startswith("  unet, 1 pack of 2: 200 img/s from ")
+
+
+def test_throughput_flag_is_checked(tiny_spec, tmp_path, capsys):
+    from ablation.cli import main
+
+    for flags, message in [
+        (["--dry-run", "--throughput", "0"], "--throughput must be a positive number"),
+        (["--throughput", "100"], "--throughput only applies to --dry-run"),
+    ]:
+        assert main(["run", str(tiny_spec), "--out", str(tmp_path / "results"), *flags]) == 2
+        assert message in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections import Counter
@@ -39,7 +40,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("spec", help="experiment spec (TOML), e.g. experiments/paper_skip_study.toml")
     run.add_argument("--out", help="results folder (default: the spec's 'out', results/<name>)")
     run.add_argument(
-        "--dry-run", action="store_true", help="list every run with its status and totals; run none"
+        "--dry-run",
+        action="store_true",
+        help="list every run with its status and totals, then the grid's cost (image passes, FLOPs, an "
+        "estimated wall time where a throughput is known); run none",
+    )
+    run.add_argument(
+        "--throughput",
+        type=float,
+        metavar="IMG_PER_S",
+        help="training images per second for the --dry-run wall-time estimate (default: the table measured "
+        "for this device in results/benchmarks/)",
     )
     run.add_argument(
         "--only",
@@ -115,6 +126,13 @@ def run_command(args: argparse.Namespace) -> int:
     _check_positive(args.cpus_per_run, "--cpus-per-run")
     pack_size = None if args.pack_size is None else parse_pack_size(args.pack_size, "--pack-size")
     gpus = parse_gpus(args.gpus)
+    if args.throughput is not None:
+        if not args.dry_run:
+            raise AblationError("--throughput only applies to --dry-run (the wall-time estimate)")
+        if not (math.isfinite(args.throughput) and args.throughput > 0):
+            raise AblationError(
+                f"--throughput must be a positive number of images per second, got {args.throughput}"
+            )
     if args.out and args.storage and Path(args.out).resolve() != Path(args.storage).resolve():
         raise AblationError(
             "--out and --storage name different folders: give one (--storage for Ray clusters)"
@@ -129,6 +147,9 @@ def run_command(args: argparse.Namespace) -> int:
     check_sources(configs, results_dir)  # a source --only left out must be done already
     if args.dry_run:
         _print_states(grid_status(results_dir, configs), results_dir, quiet=False)
+        requested = spec.pack_size if args.pack_size is None else pack_size
+        for line in _cost_lines(configs, args, gpus, requested):
+            print(line)
         return 0
     if gpus is not None and args.backend == "local":
         check_gpus(gpus)
@@ -199,6 +220,28 @@ def demo_command(args: argparse.Namespace) -> int:
         print(f"report: {write_report(Path(args.out))}")
     print(f"demo finished in {time.time() - started:.0f} s")
     return summary.exit_code
+
+
+def _cost_lines(
+    configs: list[RunConfig], args: argparse.Namespace, gpus: list[str] | None, pack_size: int | None
+) -> list[str]:
+    """The grid's cost for ``--dry-run`` (:mod:`ablation.grid.cost`): on the GPUs the run would use, the first
+    one's name picks the throughput table; without a GPU, the CPU's."""
+    from .cost import estimate_cost, format_cost
+    from .gpus import detect_gpus, gpu_names
+    from .runner import resolve_pack_size
+
+    devices = list(gpus) if gpus is not None else detect_gpus()
+    names = gpu_names(devices)
+    device = names[0] if names else (None if devices else "cpu")
+    cost = estimate_cost(
+        configs,
+        device=device,
+        throughput=args.throughput,
+        pack_size=resolve_pack_size(pack_size, configs, args.backend, gpus),
+        devices=max(1, len(devices)),
+    )
+    return format_cost(cost)
 
 
 def _check_positive(value: int | None, flag: str) -> None:

@@ -41,6 +41,14 @@ def gpu_memory_bytes(gpus: Sequence[str]) -> float:
     return min(sizes) if sizes else 0.0
 
 
+def gpu_names(gpus: Sequence[str]) -> list[str]:
+    """The model names of these GPUs (``NVIDIA H200``) as nvidia-smi reports them, in the order given; empty
+    when none are given or nvidia-smi cannot tell (then the cost estimate has no device to look up)."""
+    rows = _query_gpus(("index", "uuid", "name")) if gpus else None
+    names = {key: row[2] for row in rows or [] if len(row) == 3 for key in row[:2]}
+    return [names[gpu] for gpu in gpus if gpu in names]
+
+
 def _query_gpus(fields: Sequence[str]) -> list[list[str]] | None:
     """Rows of ``nvidia-smi --query-gpu`` (one list of field values per GPU); None without a working nvidia-smi."""
     smi = shutil.which("nvidia-smi")
