@@ -25,15 +25,16 @@ A run folder holds (written in this order; every write is atomic)::
 A run is identified by a hash of its resolved config; its folder name is readable and deterministic:
 ``<dataset>_<connector>_<skips>_s<seed>_<split>_<hash8>`` where split is ``official`` or ``r<repeat>f<fold>``.
 
-The writers of the JSON and CSV files live here, so training, the report's synthetic results and the grid's fake
-runs write the same files (the checkpoints and predictions.npz stay with ``ablation.train``):
+The writers of every file but the checkpoints (``ablation.train.checkpoint``) live here, so training, the
+report tests' synthetic results and the grid tests' fake runs write the same files:
 
 - ``write_run_config(run_dir, config, env)``: config.json (refuses a folder of another run);
 - ``write_status(run_dir, status, **extra)``: status.json;
 - ``write_history(run_dir, rows)`` (rewrite, e.g. on resume) and ``append_history(run_dir, rows)`` (per epoch):
   history.csv with the columns ``HISTORY_COLUMNS``;
 - ``write_image_metrics(path, rows)``: test_metrics.csv or masked_metrics.csv, one row per image;
-- ``write_metrics(run_dir, record)``: metrics.json, last (it must hold ``METRICS_KEYS``).
+- ``write_predictions(run_dir, names, images, masks, predictions)``: predictions.npz;
+- ``write_metrics(run_dir, record)``: metrics.json, last (it must pass :func:`check_metrics_record`).
 """
 
 from __future__ import annotations
@@ -41,15 +42,26 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ablation.config import RunConfig, from_dict, to_dict
 from ablation.errors import AblationError
-from ablation.io import atomic_write_json, atomic_write_text, read_json_table, stable_hash
+from ablation.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    json_text,
+    read_json_table,
+    stable_hash,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -241,13 +253,46 @@ def write_image_metrics(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> 
 def write_metrics(run_dir: str | Path, record: Mapping[str, Any]) -> None:
     """metrics.json, the run's summary; write it last: a run is done exactly when this file exists.
 
+    The record is checked as the readers will read it back (:func:`check_metrics_record` on the JSON text), so
+    no writer can mark a run done with a file the report and ``ablation status`` would call damaged.
+
     Raises:
-        ValueError: ``record`` lacks a key of ``METRICS_KEYS`` (a writer's mistake, not a user's).
+        ValueError: ``record`` lacks a key of ``METRICS_KEYS`` or holds a value of the wrong type or range (a
+            writer's mistake, not a user's); nothing is written.
     """
     missing = [key for key in METRICS_KEYS if key not in record]
     if missing:
         raise ValueError(f"metrics.json record lacks {', '.join(missing)}")
-    atomic_write_json(Path(run_dir) / METRICS_FILE, dict(record))
+    path = Path(run_dir) / METRICS_FILE
+    text = json_text(dict(record))
+    try:
+        check_metrics_record(json.loads(text), path)
+    except AblationError as error:
+        raise ValueError(f"refusing to write {error}") from None
+    atomic_write_text(path, text)
+
+
+def write_predictions(
+    run_dir: str | Path, names: Sequence[str], images: np.ndarray, masks: np.ndarray, predictions: np.ndarray
+) -> None:
+    """predictions.npz, the first test images for the report's qualitative figure.
+
+    Args:
+        names: ``(N,)`` image names.
+        images: ``uint8 (N, H, W, 3)`` RGB; masks: ``(N, H, W)`` in {0, 1}; predictions: ``(N, H, W)`` in {0, 1}
+            (stored as uint8).
+    """
+    import numpy as np  # here only: reading a results folder (``ablation status``) needs no numpy
+
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        image=np.asarray(images).astype(np.uint8),
+        mask=np.asarray(masks).astype(np.uint8),
+        pred=np.asarray(predictions).astype(np.uint8),
+        name=np.array(list(names), dtype=str),
+    )
+    atomic_write_bytes(Path(run_dir) / PREDICTIONS_FILE, buffer.getvalue())
 
 
 def find_runs(results_dir: str | Path) -> list[Path]:

@@ -2,7 +2,7 @@
 
 The folders follow the run-folder contract of :mod:`ablation.store` exactly (config.json, status.json,
 history.csv, test_metrics.csv, optional masked_metrics.csv and predictions.npz, metrics.json), named with
-:func:`ablation.store.run_name`. Nothing here is a measurement: per-image Dice is drawn around a planted truth
+:func:`ablation.store.run_name` and written by the store's writers, the ones training uses. Nothing here is a measurement: per-image Dice is drawn around a planted truth
 
     Dice(dataset, connector, subset) = base + sum_i skip[i] * [Li on] + sum_{i<j} interactions[(i, j)] * [Li, Lj on]
                                        + connector offset
@@ -14,7 +14,6 @@ and per-run x image noise. Parameter counts and GFLOPs are made-up deterministic
 from __future__ import annotations
 
 import dataclasses
-import io
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -23,19 +22,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ablation.config import CONNECTORS, ModelConfig, RunConfig, TrainConfig, to_dict
+from ablation.config import CONNECTORS, ModelConfig, RunConfig, TrainConfig
 from ablation.errors import AblationError
-from ablation.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ablation.skips import ALL_SUBSETS, expand_subsets, skip_flags
 from ablation.store import (
-    CONFIG_FILE,
-    HISTORY_FILE,
     MASKED_METRICS_FILE,
-    METRICS_FILE,
-    PREDICTIONS_FILE,
     TEST_METRICS_FILE,
     run_id,
     run_name,
+    write_history,
+    write_image_metrics,
+    write_metrics,
+    write_predictions,
+    write_run_config,
     write_status,
 )
 
@@ -226,10 +225,7 @@ def _write_run(
 ) -> None:
     name = run_name(config)
     connector, skips = config.model.connector, config.model.skips
-    atomic_write_json(
-        run_dir / CONFIG_FILE,
-        {**to_dict(config), "run_id": run_id(config), "run_name": name, "env": {"synthetic": True}},
-    )
+    write_run_config(run_dir, config, {"synthetic": True})
     rng = _rng(seed, "run", name)
     mean_dice = (
         truth.dice(connector, skips) + rng.normal(0.0, truth.run_sd)
@@ -249,7 +245,7 @@ def _write_run(
             "seconds": np.full(epochs, 0.5),
         }
     )
-    atomic_write_text(run_dir / HISTORY_FILE, history.to_csv(index=False))
+    write_history(run_dir, history.to_dict("records"))
     if state == "failed":
         epoch = int(epochs)
         write_status(
@@ -268,7 +264,7 @@ def _write_run(
         return pd.DataFrame({"image": images, **_image_metrics(dice, noise_rng, object_metrics)})
 
     test = draw(mean_dice, "test")
-    atomic_write_text(run_dir / TEST_METRICS_FILE, test.to_csv(index=False))
+    write_image_metrics(run_dir / TEST_METRICS_FILE, test.to_dict("records"))
     if config.train.test_time_masks:
         offset = mean_dice - truth.dice(connector, skips)
         masked = pd.concat(
@@ -279,7 +275,7 @@ def _write_run(
             ignore_index=True,
         )
         masked = masked[["eval_skips", *[c for c in masked.columns if c != "eval_skips"]]]
-        atomic_write_text(run_dir / MASKED_METRICS_FILE, masked.to_csv(index=False))
+        write_image_metrics(run_dir / MASKED_METRICS_FILE, masked.to_dict("records"))
     if predictions:
         _write_predictions(run_dir, test, images[:predictions], config.model.img_size, rng)
     parameters, gflops = _fake_size(connector, skips, config.model.img_size)
@@ -313,7 +309,7 @@ def _write_run(
         if column in test.columns:
             metrics[f"{column}_mean"] = float(test[column].mean())
     write_status(run_dir, "done", epoch=int(epochs))
-    atomic_write_json(run_dir / METRICS_FILE, metrics)
+    write_metrics(run_dir, metrics)
 
 
 def _write_predictions(
@@ -336,8 +332,4 @@ def _write_predictions(
         images.append(np.clip(picture, 0, 255).astype(np.uint8))
         masks.append(mask.astype(np.uint8))
         preds.append(pred.astype(np.uint8))
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer, image=np.stack(images), mask=np.stack(masks), pred=np.stack(preds), name=np.array(names)
-    )
-    atomic_write_bytes(run_dir / PREDICTIONS_FILE, buffer.getvalue())
+    write_predictions(run_dir, names, np.stack(images), np.stack(masks), np.stack(preds))

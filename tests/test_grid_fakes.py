@@ -1,7 +1,8 @@
 """Stand-in ``train_unit`` functions for the grid tests (no tests here).
 
 They follow the trainer's contract cheaply (see :mod:`ablation.grid.execute`): for each run of the unit,
-config.json and status.json when it starts, a one-row test_metrics.csv, metrics.json last. Each run entered
+config.json and status.json when it starts, a one-row test_metrics.csv, metrics.json last, each written by the
+store's writer that training uses. Each run entered
 leaves a marker file naming the unit's size, so tests count how often a run was trained and in which packs.
 Module-level so worker processes and subprocesses can import them.
 """
@@ -14,10 +15,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ablation.config import RunConfig, to_dict
+from ablation.config import RunConfig
 from ablation.errors import AblationError
-from ablation.io import atomic_write_json, atomic_write_text
-from ablation.store import run_id, write_status
+from ablation.store import (
+    TEST_METRICS_FILE,
+    run_id,
+    write_image_metrics,
+    write_metrics,
+    write_run_config,
+    write_status,
+)
 
 ENTRY_PREFIX = "entered-"
 
@@ -39,7 +46,7 @@ def _enter(out_dir: Path, size: int) -> None:
 
 
 def _train_one(config: RunConfig, out_dir: Path, device: str | None) -> dict:
-    atomic_write_json(out_dir / "config.json", {**to_dict(config), "run_name": out_dir.name})
+    write_run_config(out_dir, config, {"device": device or "cpu"})
     write_status(out_dir, "running", epoch=0)
     time.sleep(float(os.environ.get("GRID_TEST_SLEEP", "0.02")))
     metrics = {  # every key of store.METRICS_KEYS, with the types a report validates
@@ -56,8 +63,8 @@ def _train_one(config: RunConfig, out_dir: Path, device: str | None) -> dict:
         **{"seconds": 0.02, "dice_mean": 0.5, "dice_std": 0.0, "iou_mean": 0.33, "iou_std": 0.0},
         **{"dice_micro": 0.5, "iou_micro": 0.33, "hd95_mean": 1.0, "device": device or "cpu"},
     }
-    atomic_write_text(out_dir / "test_metrics.csv", "image,dice,iou\nimg0,0.5,0.33\n")
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    write_image_metrics(out_dir / TEST_METRICS_FILE, [{"image": "img0", "dice": 0.5, "iou": 0.33}])
+    write_metrics(out_dir, metrics)
     return metrics
 
 
@@ -127,7 +134,7 @@ def environment_train(
         metrics.update(
             visible=os.environ.get("CUDA_VISIBLE_DEVICES"), threads=torch.get_num_threads(), pid=os.getpid()
         )
-        atomic_write_json(Path(out_dir) / "metrics.json", metrics)
+        write_metrics(out_dir, metrics)
 
 
 def diverging_train(

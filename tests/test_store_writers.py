@@ -57,3 +57,19 @@ def test_writers_make_a_done_run_folder(tmp_path: Path) -> None:
     typed.update(connector="unet", skips="1111", fold=None, stopped_early=False, device="cpu")
     store.write_metrics(run_dir, {**metrics, **typed})  # the types the store's reader validates
     assert store.run_status(run_dir) == "done" and store.done_run_problem(run_dir) is None
+
+
+def test_metrics_writer_refuses_what_the_readers_would_call_damaged(tmp_path: Path) -> None:
+    import numpy as np
+
+    config = RunConfig()
+    record = {key: 0 for key in store.METRICS_KEYS}
+    record.update(status="done", run_id=store.run_id(config), run_name="x", dataset="d", connector="unet")
+    record.update(skips="1111", fold=None, stopped_early=False, device="cpu")
+    for key, bad in [("dice_mean", 1.5), ("hd95_mean", float("nan")), ("skips", "12"), ("seed", -1)]:
+        with pytest.raises(ValueError, match=f"refusing to write .*{key}"):
+            store.write_metrics(tmp_path, {**record, key: bad})
+        assert not (tmp_path / store.METRICS_FILE).exists()
+    store.write_metrics(tmp_path, {**record, "seed": np.int64(2), "dice_mean": np.float32(0.5)})  # as JSON
+    check = read_json(tmp_path / store.METRICS_FILE)
+    assert check["seed"] == 2 and check["dice_mean"] == 0.5

@@ -8,7 +8,6 @@ mean/std normalisation; the reference code reads images with OpenCV, so its rele
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +18,6 @@ import torch
 
 from ablation.config import RunConfig, TrainConfig
 from ablation.errors import AblationError
-from ablation.io import atomic_write_bytes
 from ablation.skips import ALL_SUBSETS
 from ablation.store import write_image_metrics
 from ablation.train.device import DeviceSetup, autocast, setup_device, to_memory_format
@@ -105,18 +103,6 @@ def score_test(
             masked_rows += [{"eval_skips": spec, **row} for row in spec_rows]
         model.set_test_time_mask(None)
     return rows, summary, preds, masked_rows
-
-
-def write_predictions(
-    path: str | Path, names: list[str], images: np.ndarray, masks: np.ndarray, preds: np.ndarray
-):
-    """predictions.npz: image (N,H,W,3), mask (N,H,W), pred (N,H,W) uint8 and name (N,), written atomically."""
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer, image=images.astype(np.uint8), mask=masks.astype(np.uint8), pred=preds.astype(np.uint8),
-        name=np.array(names, dtype=str),
-    )  # fmt: skip
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load_any_checkpoint(

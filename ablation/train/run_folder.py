@@ -28,7 +28,6 @@ from ablation.store import (
     HISTORY_COLUMNS,
     LAST_CHECKPOINT,
     MASKED_METRICS_FILE,
-    PREDICTIONS_FILE,
     TEST_METRICS_FILE,
     append_history,
     run_id,
@@ -36,6 +35,7 @@ from ablation.store import (
     write_history,
     write_image_metrics,
     write_metrics,
+    write_predictions,
     write_run_config,
     write_status,
 )
@@ -47,7 +47,7 @@ from ablation.train.checkpoint import (
     save_last_checkpoint,
 )
 from ablation.train.device import DeviceSetup, to_memory_format
-from ablation.train.evaluate import score_test, write_predictions
+from ablation.train.evaluate import score_test
 from ablation.train.tensorboard_log import PREVIEW_IMAGES, TensorBoardLog
 
 
@@ -255,7 +255,7 @@ def finish_variant(variant: Variant, setup: DeviceSetup) -> dict[str, Any]:
     if keep > 0:
         test = variant.test
         write_predictions(
-            out_dir / PREDICTIONS_FILE,
+            out_dir,
             list(test.names[:keep]),
             test.images[:keep],
             test.masks[:keep],
