@@ -13,9 +13,9 @@ in that direction (Wilcoxon signed-rank); "competitive" is a non-inferiority che
 widely" needs both a significant Friedman test and a span comparable to the reported one. Every judged
 verdict names the protocol it rests on (:mod:`ablation.report.protocol`): plain at the paper's, "... at
 reduced scale" below it (smaller networks or images, a budget some runs reached, fewer replicates), "... under
-a different protocol" for other departures (:data:`PROTOCOL_WORDING`, :func:`stated_verdict`).
-:func:`decision_rules` states every rule; effect sizes are Dice differences in percentage points, mean and
-median.
+a different protocol" for other departures. The verdict words, thresholds and their wording
+(:data:`PROTOCOL_WORDING`, :func:`stated_verdict`, :func:`decision_rules`, which states every rule) live in
+:mod:`ablation.report.claims`; effect sizes are Dice differences in percentage points, mean and median.
 """
 
 from __future__ import annotations
@@ -28,60 +28,28 @@ import pandas as pd
 from scipy import stats
 
 from ablation.report import protocol as protocol_module
+from ablation.report.claims import (
+    ALPHA,
+    MIN_IMAGES_NON_INFERIORITY,
+    NON_INFERIORITY_MARGIN,
+    NOT_DISTINGUISHABLE,
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    OBSERVED,
+    PAPER_BEST,
+    PAPER_DATASETS,
+    PAPER_SINGLE_SPAN,
+    PROTOCOL_WORDING,
+    REPRODUCED,
+    WIDE_SPAN_FRACTION,
+    Finding,
+    decision_rules,
+    stated_verdict,
+)
 from ablation.report.load import RETRAINED, Results, image_means
-from ablation.report.protocol import DIFFERENT, PAPER, REDUCED, UNRECORDED, Protocol, describe_protocol
+from ablation.report.protocol import DIFFERENT, REDUCED, Protocol, describe_protocol
 from ablation.report.stats import POINTS, best_subset_stability, bootstrap_ci, wilcoxon_pair
 from ablation.skips import PAPER_SUBSETS, SINGLE_SUBSETS, paper_label
-
-REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE, OBSERVED = (
-    "reproduced",
-    "not reproduced",
-    "not testable",
-    "observed",
-)
-NOT_DISTINGUISHABLE = "not distinguishable from the best"
-JUDGED = (REPRODUCED, NOT_REPRODUCED, NOT_DISTINGUISHABLE)  # verdicts on the paper's claims
-# How a judged verdict names the protocol it rests on (Protocol.match): "reproduced at reduced scale".
-PROTOCOL_WORDING = {
-    PAPER: "",
-    REDUCED: "at reduced scale",
-    DIFFERENT: "under a different protocol",
-    UNRECORDED: "with its protocol not recorded",
-}
-ALPHA = 0.05  # per finding; the handful of findings is not corrected for multiplicity
-# "Competitive" (GlaS, Finding 1): U-Net-none may be at most this many Dice points worse than U-Net-all.
-NON_INFERIORITY_MARGIN = 1.0
-MIN_IMAGES_NON_INFERIORITY = 6  # a bootstrap CI over fewer images is too coarse to bound anything
-# "Differ widely" (MoNuSeg, Finding 2): the single skips' span must reach this fraction of the reported span.
-WIDE_SPAN_FRACTION = 0.5
-PAPER_DATASETS = {"glas": "GlaS", "monuseg": "MoNuSeg"}
-PAPER_BEST = {"MoNuSeg": "1110", "GlaS": "0010"}
-PAPER_SINGLE_SPAN = {"MoNuSeg": (67.5, 76.44)}
-
-
-@dataclasses.dataclass
-class Finding:
-    """One checked claim: ``text`` is the sentence for the report."""
-
-    finding: str  # "1", "2", "3" or "Table 3"
-    dataset: str
-    verdict: str
-    text: str
-    effect: float | None = None  # percentage points
-    p_value: float | None = None
-    protocol: Protocol | None = None  # the runs the verdict rests on (None: set by check_findings)
-
-    @property
-    def stated_verdict(self) -> str:
-        """The verdict as the text states it, e.g. "reproduced at reduced scale"."""
-        match = self.protocol.match if self.protocol is not None else UNRECORDED
-        return stated_verdict(self.verdict, match)
-
-
-def stated_verdict(verdict: str, match: str) -> str:
-    """A verdict worded with the protocol it rests on: judged verdicts off the paper's protocol say so."""
-    wording = PROTOCOL_WORDING[match]
-    return f"{verdict} {wording}" if verdict in JUDGED and wording else verdict
 
 
 @dataclasses.dataclass
@@ -209,34 +177,6 @@ def _protocol_section(protocols: list[Protocol]) -> list[str]:
         "stated, not judged. Epochs are min / median / max over the runs."
     )
     return [intro, "", *protocol_module.protocol_markdown(protocols, PROTOCOL_WORDING)]
-
-
-def decision_rules(alpha: float = ALPHA) -> list[str]:
-    """One line per finding: when it counts as reproduced (the same rules the sentences state)."""
-    low, high = PAPER_SINGLE_SPAN["MoNuSeg"]
-    wide = WIDE_SPAN_FRACTION * (high - low)
-    return [
-        f"Finding 1, MoNuSeg (U-Net-none is the worst): reproduced if U-Net-none has the lowest mean Dice of "
-        f"the paper's ten Fig. 3 settings and a one-sided Wilcoxon signed-rank test (none below all, paired "
-        f"by image) gives p < {alpha}.",
-        f"Finding 1, GlaS (U-Net-none is competitive with U-Net-all): reproduced if U-Net-none is "
-        f"non-inferior, i.e. the lower bound of the 95% bootstrap CI of mean(none - all) is above "
-        f"-{NON_INFERIORITY_MARGIN:g} Dice point; not testable with fewer than "
-        f"{MIN_IMAGES_NON_INFERIORITY} images.",
-        f"Finding 2, MoNuSeg (single skips differ widely): reproduced if the Friedman test over L1..L4 alone "
-        f"gives p < {alpha} and their mean Dice spans at least {wide:.2f} points ({WIDE_SPAN_FRACTION:g} x "
-        f"the reported span {low} to {high}).",
-        f"Finding 2, GlaS (L1 alone is worse than U-Net-none): reproduced if a one-sided Wilcoxon test (L1 "
-        f"alone below none) gives p < {alpha}.",
-        f"Finding 3 (the paper's best setting: w/o L4 on MoNuSeg, L3 alone on GlaS): reproduced if it has "
-        f"the highest mean Dice of the paper's settings (images scored under all of them); 'not "
-        f"distinguishable from the best' if another setting is highest but a one-sided Wilcoxon test "
-        f"(paper's pick below it) gives p >= {alpha}; otherwise not reproduced. The best is chosen after "
-        f"looking at the data, which biases its lead upwards.",
-        "Table 3 (the full model is best): as Finding 3, UCTransNet (Base+CCT+CCA) against the other module "
-        "variants with all skips.",
-        "Other datasets: the same comparisons in general form, without a verdict (observed).",
-    ]
 
 
 def _finding1(scores: _Scores, dataset: str, paper: str | None, alpha: float, n_boot: int) -> Finding:

@@ -3,7 +3,7 @@
 Every run folder follows the contract in :mod:`ablation.store`. A run counts as done exactly when ``metrics.json``
 exists and every file read back passes the store's checks; failed, damaged (a file that cannot be read or holds a
 wrong type, NaN or a value out of range) and still-running runs are listed, not fatal. Runs whose datasets share a
-name but not their settings are never pooled: each setting is a dataset of its own (:func:`pooling_settings`). The
+name but not their settings are never pooled: each setting is a dataset of its own (:mod:`ablation.report.pooling`). The
 expected grid is the one ``ablation run`` recorded in ``grid.json``, else the one the run folders imply.
 The per-image frame has one row per run x test image (``masking="retrained"``: the model was built and
 trained with that skip subset) plus, where a run wrote ``masked_metrics.csv``, one row per runtime mask x
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +23,17 @@ import pandas as pd
 
 from ablation.config import CONNECTORS, RunConfig
 from ablation.errors import AblationError
-from ablation.io import stable_hash
+from ablation.report.pooling import APART_COLUMNS, dataset_labels
 from ablation.skips import ALL_SUBSETS, PAIR_SUBSETS, PAPER_SUBSETS, skip_label
 from ablation.store import (
     CONFIG_FILE,
     IMAGE_METRIC_RANGES,
     METRICS_FILE,
     PREDICTIONS_FILE,
-    RUN_RECORD_KEYS,
     DoneRun,
     dataset_slug,
     find_runs,
     name_fields,
-    non_identity_keys,
     read_done_run,
     read_run_config,
     read_run_state,
@@ -75,27 +71,6 @@ PROTOCOL_SETTINGS = {
     "precision": ("train", "precision"),
     "init_from": ("train", "init_from"),
 }
-APART_COLUMNS = ("dataset", "name", "runs", "differs", "setting")
-# Config keys in which pooled replicates may differ: the replicate itself (seed, split), what a report compares
-# (connector, skip subset), the dataset's path (the data is identified by its fingerprint instead: see
-# pooling_settings), the settings run_id leaves out (where and how fast: data_root, eval_batch_size, compile, ...),
-# and what a run saves or evaluates besides its result (predictions kept, test-time masks), and the
-# initialisation: set per connector (train.init_from, which the protocol statement reports per connector) and its
-# source run, which is each replicate's own (train.init_from_run).
-POOLING_IGNORED = (
-    "seed",
-    "fold",
-    "repeat",
-    "dataset",
-    "model.connector",
-    "model.skips",
-    *non_identity_keys(),
-    "train.save_predictions",
-    "train.test_time_masks",
-    "train.init_from",
-    "train.init_from_run",
-)
-DATA_KEY = "data"  # the pseudo-key of the data's identity among the pooling settings
 
 
 @dataclasses.dataclass
@@ -217,11 +192,6 @@ class Results:
         raise AblationError(message)
 
 
-def dataset_name(text: str) -> str:
-    """A short name for a dataset: the name itself, or the last folder of a dataset path."""
-    return Path(text).name if ("/" in text or "\\" in text) else text
-
-
 def split_label(fold: Any, repeat: Any) -> str:
     """``official`` for the layout's own split, else ``r<repeat>f<fold>`` (as in run folder names)."""
     if fold is None or pd.isna(fold):
@@ -234,7 +204,7 @@ def load_results(results_dir: str | Path) -> Results:
 
     Every file is validated as it is read (:func:`ablation.store.read_done_run`): a run whose files fail is
     listed as damaged with the reason. Runs are pooled as replicates only when they agree in everything but
-    seed, split, connector and skip subset (:data:`POOLING_IGNORED`); runs of one dataset name that differ are
+    seed, split, connector and skip subset (:data:`ablation.report.pooling.POOLING_IGNORED`); runs of one dataset name that differ are
     reported as separate datasets (see :attr:`Results.apart`).
 
     Raises:
@@ -253,7 +223,7 @@ def load_results(results_dir: str | Path) -> Results:
             configs[run_dir] = read_run_config(run_dir)
         except AblationError as error:
             configs[run_dir] = str(error)
-    labels, apart = _dataset_labels({d: c for d, c in configs.items() if not isinstance(c, str)})
+    labels, apart = dataset_labels({d: c for d, c in configs.items() if not isinstance(c, str)})
 
     image_frames, history_frames, run_rows, failed_rows, incomplete_rows = [], [], [], [], []
     for run_dir in run_dirs:
@@ -316,7 +286,7 @@ def load_results(results_dir: str | Path) -> Results:
 
 
 def _identity(run_dir: Path, config: RunConfig, record: dict[str, Any], *, dataset: str) -> dict[str, Any]:
-    """The identity columns of a run (``dataset`` is its report label, see :func:`_dataset_labels`)."""
+    """The identity columns of a run (``dataset`` is its report label, see :func:`ablation.report.pooling.dataset_labels`)."""
     return {
         "run_id": record.get("run_id", run_dir.name),
         "run_name": record.get("run_name", run_dir.name),
@@ -347,97 +317,6 @@ def _image_frames(run: DoneRun, identity: dict[str, Any]) -> list[pd.DataFrame]:
             )
         )
     return frames
-
-
-def pooling_settings(record: dict[str, Any]) -> dict[str, Any]:
-    """What replicates must share to be pooled: a run's config.json flattened to dotted keys, without
-    :data:`POOLING_IGNORED`, plus the data's identity under :data:`DATA_KEY`.
-
-    The data is identified by the dataset fingerprint the run recorded (its files' names, sizes and modification
-    times and the preparation settings and version), so two folders that share a name are two datasets, while
-    one folder read from two data roots is one. Runs that recorded no fingerprint fall back to the dataset as
-    given and its data root. Keys a config.json lacks are None.
-    """
-    flat: dict[str, Any] = {}
-    for key, value in record.items():
-        if key in RUN_RECORD_KEYS:
-            continue
-        if isinstance(value, dict):
-            flat.update({f"{key}.{inner}": item for inner, item in value.items()})
-        else:
-            flat[key] = value
-    for key in POOLING_IGNORED:
-        flat.pop(key, None)
-    env = record.get("env") if isinstance(record.get("env"), dict) else {}
-    fingerprint = env.get("dataset_fingerprint")
-    flat[DATA_KEY] = (
-        f"fingerprint {fingerprint}"
-        if fingerprint
-        else f"folder {record.get('dataset')}"
-        + (f" in {record['data_root']}" if record.get("data_root") else "")
-    )
-    return flat
-
-
-def _dataset_labels(
-    configs: dict[Path, tuple[RunConfig, dict[str, Any]]],
-) -> tuple[dict[Path, str], pd.DataFrame]:
-    """The dataset label of every run and the table of datasets kept apart.
-
-    Runs whose datasets share a name but whose :func:`pooling_settings` differ are never pooled: each setting
-    gets its own label, ``<name>@<key>=<value>,...`` over the keys that differ (``<name>@<n>`` when that would
-    be too long), and every table, figure, statistic and finding treats it as a dataset of its own.
-
-    Returns:
-        ``({run folder: label}, apart)`` with ``apart`` one row per label of a split name: columns
-        ``APART_COLUMNS`` (label, shared name, run folders, the differing keys, this label's values of them).
-    """
-    groups: dict[str, dict[str, list[Path]]] = {}
-    settings: dict[str, dict[str, Any]] = {}
-    for run_dir, (config, record) in configs.items():
-        flat = pooling_settings(record)
-        key = json.dumps(flat, sort_keys=True, default=str)
-        settings[key] = flat
-        groups.setdefault(dataset_name(config.dataset), {}).setdefault(key, []).append(run_dir)
-    labels: dict[Path, str] = {}
-    rows = []
-    for name, by_setting in groups.items():
-        if len(by_setting) == 1:
-            labels.update(dict.fromkeys(next(iter(by_setting.values())), name))
-            continue
-        ordered = sorted(by_setting, key=lambda k: (-len(by_setting[k]), k))  # most runs first
-        keys = sorted({k for s in ordered for k in settings[s]}, key=lambda k: (k != DATA_KEY, k))
-        differs = [k for k in keys if len({json.dumps(settings[s].get(k), default=str) for s in ordered}) > 1]
-        texts = [", ".join(f"{k} = {_value_text(settings[s].get(k))}" for k in differs) for s in ordered]
-        names = [_label(name, settings[s], differs) for s in ordered]
-        if len(set(names)) < len(names) or max(len(n) for n in names) > 60:
-            names = [f"{name}@{i}" for i in range(1, len(ordered) + 1)]
-        for setting, label, text in zip(ordered, names, texts):
-            labels.update(dict.fromkeys(by_setting[setting], label))
-            rows.append((label, name, len(by_setting[setting]), ", ".join(differs), text))
-    return labels, pd.DataFrame(rows, columns=list(APART_COLUMNS))
-
-
-def _value_text(value: Any) -> str:
-    if value is None:
-        return "not recorded"
-    if isinstance(value, list):
-        return "-".join(map(str, value))
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _label(name: str, setting: dict[str, Any], differs: list[str]) -> str:
-    leaves = [key.rsplit(".", 1)[-1] for key in differs]
-    parts = []
-    for key, leaf in zip(differs, leaves):
-        text = _value_text(setting.get(key))
-        if key == DATA_KEY:  # "fingerprint 1a2b..." -> its first 8 hex digits; a folder -> a short hash of it
-            words = text.split(" ", 1)
-            text = words[1][:8] if words[0] == "fingerprint" else stable_hash(text, length=8)
-        parts.append(f"{leaf if leaves.count(leaf) == 1 else key}={text}")
-    return f"{name}@" + re.sub(r"[^A-Za-z0-9._+=,-]+", "-", ",".join(parts))
 
 
 def apart_note(results: Results, dataset: str) -> str | None:
