@@ -38,10 +38,11 @@ def test_shipped_specs_dry_run_counts(
     assert len(configs) == count
     assert len({run_name(c) for c in configs}) == count
     assert main(["run", str(EXPERIMENTS / spec), "--dry-run", "--out", str(tmp_path)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == count + 1
+    out = capsys.readouterr().out.splitlines()
+    lines, cost = out[: count + 1], out[count + 1 :]  # the listing, then the grid's cost (test_cost.py)
     assert all(line.startswith("pending  ") for line in lines[:-1])
     assert lines[-1] == f"{count} runs in {tmp_path}: 0 done, 0 running, 0 failed, {count} pending"
+    assert cost[0].startswith(f"cost: {count} runs")
     assert not any(tmp_path.iterdir()), "a dry run writes nothing"
 
 
