@@ -72,9 +72,8 @@ TEST_METRICS_FILE = "test_metrics.csv"
 MASKED_METRICS_FILE = "masked_metrics.csv"
 PREDICTIONS_FILE = "predictions.npz"
 METRICS_FILE = "metrics.json"
-TENSORBOARD_FOLDER = (
-    "tensorboard"  # event files, only with train.tensorboard (ablation.train.tensorboard_log)
-)
+# TensorBoard event files, only with train.tensorboard (written by ablation.train.tensorboard_log).
+TENSORBOARD_FOLDER = "tensorboard"
 
 # Keys every metrics.json has (writers are tested against these).
 METRICS_KEYS = tuple(

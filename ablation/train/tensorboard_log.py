@@ -56,7 +56,7 @@ class TensorBoardLog:
 
     Args:
         run_dir: the run folder.
-        resume_epoch: the last epoch the run's checkpoint holds (0 for a new run); events of later epochs, left
+        resume_epoch: the last epoch the run's checkpoint holds (0 without one); events of later epochs, left
             by an interrupted session, are purged.
         images_every: log ``val/predictions`` every this many epochs (0: never).
     """
@@ -65,10 +65,10 @@ class TensorBoardLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.images_every = images_every
-        # purge_step hides events at or after it that an earlier session wrote (TensorBoard's resume marker).
+        # purge_step hides the events at or after it that an earlier session wrote (TensorBoard's restart
+        # marker), also for a run restarted from scratch (no checkpoint yet): epochs trained again log again.
         self.writer: Any = SummaryWriter(
-            log_dir=str(Path(run_dir) / TENSORBOARD_FOLDER),
-            purge_step=resume_epoch + 1 if resume_epoch else None,
+            log_dir=str(Path(run_dir) / TENSORBOARD_FOLDER), purge_step=resume_epoch + 1
         )
 
     def scalars(self, row: Mapping[str, float]) -> None:
