@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ablation import store
 from ablation.cli import main
@@ -87,6 +88,11 @@ def test_logging_leaves_training_unchanged(tmp_path: Path) -> None:
     assert {k: v for k, v in without.items() if k != "seconds"} == {
         k: v for k, v in with_logs.items() if k != "seconds"
     }
+    weights = [
+        torch.load(tmp_path / run / store.BEST_CHECKPOINT, weights_only=True)["model"]
+        for run in ("plain", "logged")
+    ]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
     drop_time = [{k: v for k, v in row.items() if k != "seconds"} for row in history(tmp_path / "plain")]
     assert drop_time == [
         {k: v for k, v in row.items() if k != "seconds"} for row in history(tmp_path / "logged")
