@@ -331,9 +331,11 @@ def test_cli_evaluate_finds_the_data_root_of_the_run(
     assert main([*evaluate, str(tmp_path / "stored.csv")]) == 0
     assert (tmp_path / "stored.csv").read_text() == expected
 
-    # An explicit --data-root wins over the stored one.
+    # An explicit --data-root wins over the stored one. (A cache without the prepared file: that file alone
+    # would stand in for the missing folder, docs/data.md.)
     moved = tmp_path / "moved"
     data_root.rename(moved)
+    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path / "fresh-cache"))
     err = _one_line_error(capsys, *evaluate, str(tmp_path / "gone.csv"))
     assert f"dataset 'monuseg' not found at {data_root / 'MoNuSeg'}" in err
     assert main([*evaluate, str(tmp_path / "moved.csv"), "--data-root", str(moved)]) == 0

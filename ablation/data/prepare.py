@@ -7,7 +7,9 @@ slightly thickens thin foreground; on MoNuSeg nearest-neighbour masks hold about
 ``bilinear``/``bicubic`` (antialiased images, nearest masks) are the alternatives. Instance ids are always
 resized nearest, since ids cannot be blended. The prepared arrays are cached in
 one ``.npz`` file per (source files, size, interpolation) under the cache folder, so every run of a study trains on
-identical bytes and later runs decode no image at all.
+identical bytes and later runs decode no image at all. A named dataset whose folder is absent is read from its
+one prepared file at the run's size when the cache holds it (:func:`find_prepared_cache`), with the fingerprint
+that file records: a machine without the datasets trains exactly as one with them.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ class PreparedDataset:
         label_kind: ``instance`` when every split carries object ids, else ``binary``.
         splits: ``train``, optional ``val``, ``test``.
         source_fingerprint: hash of the source files alone (shared by all sizes; names the splits file).
-        source: the dataset folder, or None for generated data.
+        source: the dataset folder, the cache file it was read from when the folder is absent, or None for
+            generated data.
         img_size: side of the square images.
         interpolation: how images were resized (``bilinear`` or ``bicubic``).
         original_sizes: per split, each source image's ``(width, height)``.
@@ -183,9 +186,17 @@ def load_prepared(
         )
     if not isinstance(img_size, int) or img_size < 8:
         raise AblationError(f"img_size must be an integer of at least 8, got {img_size!r}")
-    source = resolve_dataset(dataset, data_root)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     check_cache_dir(cache_root)
+    try:
+        source = resolve_dataset(dataset, data_root)
+    except AblationError:
+        found = find_prepared_cache(
+            dataset, img_size=img_size, interpolation=interpolation, cache_dir=cache_root
+        )
+        if found is None:
+            raise
+        return _read_without_source(found[0], dataset.lower(), interpolation, img_size, cache_root)
     if source is None:
         return _load_synthetic(dataset.lower(), img_size, cache_root)
     layout = readers.scan_reference_layout(source)
@@ -197,10 +208,9 @@ def load_prepared(
         if path
     ]
     source_fingerprint = fingerprint_files(files, root=source)
-    settings = {"source": source_fingerprint, "img_size": img_size, "interpolation": interpolation}
-    fingerprint = stable_hash({**settings, "version": PREPARE_VERSION}, length=16)
+    fingerprint = _fingerprint(source_fingerprint, img_size, interpolation)
     name = dataset.lower() if dataset.lower() in DATASET_FOLDERS else source.resolve().name
-    cache_file = cache_root / "prepared" / f"{_safe(name)}-{img_size}-{interpolation}-{fingerprint}.npz"
+    cache_file = _cache_path(cache_root, name, img_size, interpolation, fingerprint)
     common = {
         "source_fingerprint": source_fingerprint,
         "source": source,
@@ -209,7 +219,8 @@ def load_prepared(
     }
     if cache_file.is_file():
         try:
-            return _read_cache(cache_file, layout, name, fingerprint, interpolation, common)
+            names = {split: [sample.name for sample in samples] for split, samples in layout.items()}
+            return _read_cache(cache_file, names, name, fingerprint, interpolation, common)
         except Exception as error:  # anything wrong with a cache file means: prepare the data again
             reason = str(error).splitlines()[0].split(". ")[0] if str(error) else type(error).__name__
             _warn(f"prepared-data cache {cache_file} is damaged ({reason}); preparing the data again")
@@ -227,6 +238,103 @@ def load_prepared(
 
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+def _fingerprint(source_fingerprint: str, img_size: int, interpolation: str) -> str:
+    """A prepared dataset's fingerprint: its source files, the preparation settings and code version."""
+    settings = {"source": source_fingerprint, "img_size": img_size, "interpolation": interpolation}
+    return stable_hash({**settings, "version": PREPARE_VERSION}, length=16)
+
+
+def _cache_path(cache_root: Path, name: str, img_size: int, interpolation: str, fingerprint: str) -> Path:
+    return cache_root / "prepared" / f"{_safe(name)}-{img_size}-{interpolation}-{fingerprint}.npz"
+
+
+def find_prepared_cache(
+    dataset: str,
+    *,
+    img_size: int,
+    interpolation: str = DEFAULT_INTERPOLATION,
+    cache_dir: str | Path | None = None,
+) -> tuple[Path, str] | None:
+    """The prepared file of a named dataset (glas, monuseg) at one size, to train on without its source folder.
+
+    A file qualifies when its name matches the dataset, size and interpolation and it records this preparation
+    version for the fingerprint in its name (a file whose record cannot be read qualifies too, so that reading
+    it names the damage). :func:`load_prepared` uses it only when the dataset's folder is absent.
+
+    Returns:
+        ``(file, dataset fingerprint)``, or None for a dataset that is not a named one or has no such file.
+
+    Raises:
+        AblationError: several files qualify (prepared from different source files), naming them.
+    """
+    key = dataset.lower()
+    if key not in DATASET_FOLDERS:
+        return None
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    prefix = f"{_safe(key)}-{img_size}-{interpolation}-"
+    found = []
+    for path in sorted((root / "prepared").glob(f"{prefix}*.npz")):
+        fingerprint = path.name[len(prefix) : -len(".npz")]
+        if len(fingerprint) == 16 and all(c in "0123456789abcdef" for c in fingerprint):
+            if _recorded(path) in ((str(PREPARE_VERSION), fingerprint), None):
+                found.append((path, fingerprint))
+    if len(found) > 1:
+        raise AblationError(
+            f"dataset {key!r} has no folder here and the cache holds {len(found)} prepared files for it at "
+            f"{img_size} px ({interpolation}): {', '.join(str(path) for path, _ in found)}; keep one, or point "
+            f"$ABLATION_DATA at the folder holding {DATASET_FOLDERS[key]}/"
+        )
+    return found[0] if found else None
+
+
+def _recorded(path: Path) -> tuple[str, str] | None:
+    """``(version, fingerprint)`` a cache file records (``none`` where it records none), or None if unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return tuple(
+                str(data[key]) if key in data.files else "none" for key in ("version", "fingerprint")
+            )
+    except Exception:  # damaged: the full read says how
+        return None
+
+
+def _read_without_source(
+    path: Path, name: str, interpolation: str, img_size: int, cache_root: Path
+) -> PreparedDataset:
+    """A named dataset from its prepared file alone (:func:`find_prepared_cache`), with the fingerprints it
+    records, so runs record the same dataset fingerprint and splits file as where the source is."""
+    fingerprint = path.name.rsplit("-", 1)[1].removesuffix(".npz")
+    common = {"source": path, "img_size": img_size, "cache_dir": cache_root}
+    try:
+        prepared = _read_cache(path, None, name, fingerprint, interpolation, common)
+    except Exception as error:  # anything wrong with the file: there is no source to rebuild it from
+        reason = str(error).splitlines()[0].split(". ")[0] if str(error) else type(error).__name__
+        raise AblationError(
+            f"prepared-data cache {path} cannot be used without the {DATASET_FOLDERS[name]} folder ({reason}): "
+            "write it again "
+            f"with `ablation data prepare --root {name} --img-size {img_size} --to DIR` where the dataset is, or "
+            f"point $ABLATION_DATA at the folder holding {DATASET_FOLDERS[name]}/"
+        ) from None
+    print(
+        f"note: dataset {name!r} has no folder here; using its prepared cache {path} (fingerprint {fingerprint})",
+        file=sys.stderr,
+    )
+    return prepared
+
+
+def write_prepared_copy(prepared: PreparedDataset, cache_dir: str | Path) -> Path:
+    """Write ``prepared`` compressed into another cache folder (half the size, to carry it to another machine).
+
+    Returns:
+        The file, named as :func:`load_prepared` names it, so that folder serves as ``$ABLATION_CACHE`` there.
+    """
+    root = Path(cache_dir)
+    check_cache_dir(root)
+    path = _cache_path(root, prepared.name, prepared.img_size, prepared.interpolation, prepared.fingerprint)
+    _write_cache(path, prepared, compressed=True)
+    return path
 
 
 def check_cache_dir(cache_root: Path) -> None:
@@ -354,11 +462,13 @@ def resize_label(label: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(resized, dtype=np.int32)
 
 
-def _write_cache(path: Path, prepared: PreparedDataset) -> None:
+def _write_cache(path: Path, prepared: PreparedDataset, *, compressed: bool = False) -> None:
     arrays: dict[str, np.ndarray] = {
         "label_kind": np.array(prepared.label_kind),
         "version": np.array(str(PREPARE_VERSION)),
         "fingerprint": np.array(prepared.fingerprint),
+        # Names the splits file and gives the fingerprint where the source is absent (find_prepared_cache).
+        "source_fingerprint": np.array(prepared.source_fingerprint),
     }
     for split, data in prepared.splits.items():
         arrays[f"{split}/names"] = np.array(data.names, dtype=str)
@@ -371,22 +481,24 @@ def _write_cache(path: Path, prepared: PreparedDataset) -> None:
             wide = data.instances.max(initial=0) > np.iinfo(np.uint16).max
             arrays[f"{split}/instances"] = data.instances if wide else data.instances.astype(np.uint16)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # uncompressed: every run reads it, and uint8 at 224 px is already small
+    # Uncompressed where every run reads it; compressed (about half the size) for a copy that travels.
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def _read_cache(
     path: Path,
-    layout: dict[str, list[readers.Sample]],
+    expected: dict[str, list[str]] | None,
     name: str,
     fingerprint: str,
     interpolation: str,
     common,
 ) -> PreparedDataset:
-    """The prepared dataset stored in ``path``, checked against the layout it must hold.
+    """The prepared dataset stored in ``path``, checked against the image names per split it must hold.
 
     The zip members' CRC-32 checks catch damaged bytes; the checks here catch a file that reads but holds the
-    wrong arrays (another version, another dataset, a partial copy).
+    wrong arrays (another version, another dataset, a partial copy). Without ``expected`` (no source folder) the
+    splits are the file's own, and its recorded source fingerprint must give its fingerprint.
 
     Raises:
         ValueError: saying what is wrong (other exceptions come from reading the file itself).
@@ -405,12 +517,19 @@ def _read_cache(
         label_kind = str(data["label_kind"])
         if label_kind not in ("binary", "instance"):
             raise ValueError(f"label kind {label_kind!r}")
-        stray = {key.split("/")[0] for key in data.files if "/" in key} - set(layout)
+        if expected is None:
+            source_fingerprint = _recorded_source(data, fingerprint, interpolation, size)
+            common = {**common, "source_fingerprint": source_fingerprint}
+            held = dict.fromkeys(key.split("/")[0] for key in data.files if "/" in key)
+            expected = {split: [str(n) for n in data[f"{split}/names"]] for split in held}
+            if "train" not in expected or "test" not in expected:
+                raise ValueError("lacks the train or test split")
+        stray = {key.split("/")[0] for key in data.files if "/" in key} - set(expected)
         if stray:
             raise ValueError(f"holds split {sorted(stray)[0]!r}, which the dataset does not have")
-        for split, samples in layout.items():
+        for split, expected_names in expected.items():
             names = [str(n) for n in data[f"{split}/names"]]
-            if names != [sample.name for sample in samples]:
+            if names != expected_names:
                 raise ValueError(f"{split} names differ from the dataset's files")
             count = len(names)
             images, masks = data[f"{split}/images"], data[f"{split}/masks"]
@@ -439,6 +558,16 @@ def _read_cache(
         interpolation=interpolation,
         **common,
     )
+
+
+def _recorded_source(data, fingerprint: str, interpolation: str, img_size: int) -> str:
+    """The source fingerprint a cache file records, checked against the fingerprint it was written for."""
+    if "source_fingerprint" not in data.files:
+        raise ValueError("written without its source fingerprint, by an older version")
+    source = str(data["source_fingerprint"])
+    if _fingerprint(source, img_size, interpolation) != fingerprint:
+        raise ValueError(f"its source fingerprint {source} does not give its fingerprint {fingerprint}")
+    return source
 
 
 def _check_array(array: np.ndarray, shape: tuple[int, ...], dtype: str, key: str) -> None:

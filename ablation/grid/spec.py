@@ -49,6 +49,7 @@ from ablation.config import (
     ModelConfig,
     RunConfig,
     TrainConfig,
+    apply_overrides,
     check_connector,
     check_interpolation,
     from_dict,
@@ -281,6 +282,29 @@ def expand_spec(spec: str | Path | dict[str, Any] | GridSpec) -> list[RunConfig]
         raise AblationError(f"{grid.source or 'spec'}: {error}") from None
 
 
+def override_spec(grid: GridSpec, overrides: dict[str, Any]) -> GridSpec:
+    """The spec with ``--set`` overrides of its ``[model]`` and ``[train]`` tables, so of every run.
+
+    Values are text or typed values, as :func:`ablation.config.apply_overrides` takes them. Overridden settings
+    are part of each run's identity: the runs get their own folders.
+
+    Raises:
+        AblationError: a key outside ``model.*`` and ``train.*``, a grid axis (``model.connector``,
+            ``model.skips``, ``train.test_time_masks``), or what ``apply_overrides`` raises.
+    """
+    for key in overrides:
+        section, _, name = key.partition(".")
+        if section not in _AXIS_KEYS or not name:
+            raise AblationError(
+                f"--set {key}: only model.* and train.* keys can be set for every run of a spec; datasets, "
+                "seeds and folds come from the spec (select runs with --only)"
+            )
+        if name in _AXIS_KEYS[section]:
+            raise AblationError(f"--set {key}: set by the spec's key {_AXIS_KEYS[section][name]!r}; use that")
+    tables = apply_overrides(RunConfig(model=grid.model, train=grid.train), overrides)
+    return dataclasses.replace(grid, model=tables.model, train=tables.train)
+
+
 def check_datasets(
     grid: GridSpec, configs: Sequence[RunConfig] | None = None, *, strict: bool = True
 ) -> list[str]:
@@ -288,8 +312,8 @@ def check_datasets(
 
     A dataset must be a known name (:data:`ablation.data.DATASETS`) or an existing folder; a named real
     dataset (glas, monuseg) must have its folder under its data root (the entry's ``data_root``, else
-    $ABLATION_DATA, else ./data). Resolution is :func:`ablation.data.prepare.resolve_dataset`, as in
-    training.
+    $ABLATION_DATA, else ./data) or its one prepared file at the spec's size in the cache
+    (:func:`ablation.data.prepare.find_prepared_cache`). Resolution is as in training.
 
     Args:
         grid: the parsed spec.
@@ -303,7 +327,7 @@ def check_datasets(
     Raises:
         AblationError: naming the spec file and the dataset, where it looked, and the valid names.
     """
-    from ablation.data.prepare import DATASET_FOLDERS, resolve_dataset
+    from ablation.data.prepare import DATASET_FOLDERS, find_prepared_cache, resolve_dataset
 
     where = grid.source or "spec"
     warnings = []
@@ -314,6 +338,14 @@ def check_datasets(
         try:
             resolve_dataset(entry.name, entry.data_root)
         except AblationError as error:
+            try:
+                cached = find_prepared_cache(
+                    entry.name, img_size=grid.model.img_size, interpolation=grid.interpolation
+                )
+            except AblationError as ambiguous:
+                raise AblationError(f"{where}: {ambiguous}") from None
+            if cached is not None:
+                continue
             if strict or entry.name.lower() not in DATASET_FOLDERS:
                 raise AblationError(f"{where}: {error}") from None
             warnings.append(f"warning: {where}: {error}")
