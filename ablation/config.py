@@ -394,6 +394,31 @@ def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
     return from_dict(type(config), data)
 
 
+def parse_assignments(items: list[str], flag: str = "--set") -> dict[str, Any]:
+    """``KEY=VALUE`` texts as overrides for :func:`apply_overrides`.
+
+    ``none``/``null`` -> None, a JSON list -> list, anything else stays text (typed by :func:`apply_overrides`).
+
+    Raises:
+        AblationError: an item without ``=`` or key, or a list that does not parse.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise AblationError(f"{flag} {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+        value: Any = text
+        if text.strip().lower() in ("none", "null"):
+            value = None
+        elif text.strip().startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise AblationError(f"{flag} value {text!r} is not a valid list") from None
+        overrides[key.strip()] = value
+    return overrides
+
+
 def read_config_file(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """The table of a settings file, ``.toml`` or ``.json``: ``ablation train --config`` and experiment specs.
 

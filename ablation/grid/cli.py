@@ -75,6 +75,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="runs trained together in one model pass: 'auto' (fit the GPU; 1 on CPU) or an integer "
         "(overrides the spec's pack_size)",
     )
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model.* or train.* key of every run, e.g. train.max_epochs=2 (part of each run's "
+        "identity: new run folders)",
+    )
     run.add_argument("--skip-failed", action="store_true", help="leave runs that failed before as failed")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(handler=run_command)
@@ -112,12 +120,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from ablation.config import parse_assignments
     from ablation.train.tensorboard_log import check_tensorboard
 
     from .gpus import check_gpus, parse_gpus
     from .order import check_sources
     from .runner import check_results_dir, run_grid
-    from .spec import check_datasets, expand_spec, load_spec, parse_pack_size
+    from .spec import check_datasets, expand_spec, load_spec, override_spec, parse_pack_size
     from .status import grid_status
 
     # The flags first: a bad value is an error even when every run is done and nothing would use it.
@@ -137,7 +146,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise AblationError(
             "--out and --storage name different folders: give one (--storage for Ray clusters)"
         )
-    spec = load_spec(args.spec)
+    spec = override_spec(load_spec(args.spec), parse_assignments(args.set))
     configs = _selected(expand_spec(spec), args.only)
     results_dir = check_results_dir(args.storage or args.out or spec.out)
     # A dry run lists runs without reading data; a Ray cluster's nodes may hold data this machine lacks.

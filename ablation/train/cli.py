@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from ablation.config import CONNECTORS
-from ablation.errors import AblationError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -83,21 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=_evaluate, bgr=None)
 
 
-def _parse_value(text: str) -> Any:
-    """A --set value: ``none``/``null`` -> None, a JSON list -> list, else the string (typed by apply_overrides)."""
-    if text.strip().lower() in ("none", "null"):
-        return None
-    if text.strip().startswith("["):
-        try:
-            return json.loads(text)
-        except ValueError:
-            raise AblationError(f"--set value {text!r} is not a valid list") from None
-    return text
-
-
 def build_run_config(args: argparse.Namespace) -> Any:
     """Defaults, then --config, then the explicit flags, then --set, as a RunConfig."""
-    from ablation.config import RunConfig, apply_overrides, from_dict, read_config_file
+    from ablation.config import RunConfig, apply_overrides, from_dict, parse_assignments, read_config_file
 
     config = from_dict(RunConfig, read_config_file(args.config)) if args.config else RunConfig()
     flags = {
@@ -115,12 +101,7 @@ def build_run_config(args: argparse.Namespace) -> Any:
         "train.tensorboard": args.tensorboard,
     }
     overrides: dict[str, Any] = {key: value for key, value in flags.items() if value is not None}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise AblationError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
-        overrides[key.strip()] = _parse_value(value)
-    return apply_overrides(config, overrides)
+    return apply_overrides(config, {**overrides, **parse_assignments(args.set)})
 
 
 def _init_folder(args: argparse.Namespace) -> Path | None:
