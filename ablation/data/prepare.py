@@ -300,6 +300,9 @@ def _recorded(path: Path) -> tuple[str, str] | None:
         return None
 
 
+_NOTED: set[Path] = set()  # prepared files already named in a note, to train without their source
+
+
 def _read_without_source(
     path: Path, name: str, interpolation: str, img_size: int, cache_root: Path
 ) -> PreparedDataset:
@@ -317,10 +320,13 @@ def _read_without_source(
             f"with `ablation data prepare --root {name} --img-size {img_size} --to DIR` where the dataset is, or "
             f"point $ABLATION_DATA at the folder holding {DATASET_FOLDERS[name]}/"
         ) from None
-    print(
-        f"note: dataset {name!r} has no folder here; using its prepared cache {path} (fingerprint {fingerprint})",
-        file=sys.stderr,
-    )
+    if path not in _NOTED:  # once per process: a grid loads the dataset once per unit
+        _NOTED.add(path)
+        print(
+            f"note: dataset {name!r} has no folder here; using its prepared cache {path} (fingerprint "
+            f"{fingerprint})",
+            file=sys.stderr,
+        )
     return prepared
 
 

@@ -55,7 +55,7 @@ def device_record() -> dict[str, Any]:
     """The accelerator's name and the torch version (``cpu`` without CUDA)."""
     import torch
 
-    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor()})"
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"device": name, "torch": torch.__version__, "python": platform.python_version()}
 
 
