@@ -169,6 +169,10 @@ def load_prepared(
 ) -> PreparedDataset:
     """Load a dataset resized to ``img_size x img_size``, from the cache when it was prepared before.
 
+    A named dataset (glas, monuseg) whose folder is absent is read from its one prepared file at this size in
+    the cache (:func:`find_prepared_cache`), with a one-line note on stderr; without such a file the missing
+    folder is the error.
+
     Args:
         dataset: a name in :data:`DATASETS` or a folder in the reference layout.
         img_size: side of the square images (the paper: 224).
@@ -196,7 +200,7 @@ def load_prepared(
         )
         if found is None:
             raise
-        return _read_without_source(found[0], dataset.lower(), interpolation, img_size, cache_root)
+        return _read_without_source(*found, dataset.lower(), interpolation, img_size, cache_root)
     if source is None:
         return _load_synthetic(dataset.lower(), img_size, cache_root)
     layout = readers.scan_reference_layout(source)
@@ -304,11 +308,10 @@ _NOTED: set[Path] = set()  # prepared files already named in a note, to train wi
 
 
 def _read_without_source(
-    path: Path, name: str, interpolation: str, img_size: int, cache_root: Path
+    path: Path, fingerprint: str, name: str, interpolation: str, img_size: int, cache_root: Path
 ) -> PreparedDataset:
     """A named dataset from its prepared file alone (:func:`find_prepared_cache`), with the fingerprints it
     records, so runs record the same dataset fingerprint and splits file as where the source is."""
-    fingerprint = path.name.rsplit("-", 1)[1].removesuffix(".npz")
     common = {"source": path, "img_size": img_size, "cache_dir": cache_root}
     try:
         prepared = _read_cache(path, None, name, fingerprint, interpolation, common)
