@@ -221,6 +221,12 @@ def test_set_overrides_every_run_of_a_spec_and_changes_its_identity() -> None:
     ]
     assert not {run_name(c) for c in tiny} & {run_name(c) for c in full}
     assert all(c.train.test_time_masks for c in tiny)  # the spec's own settings stay
+    # CCT, CCA and UCTransNet start from the tiny U-Net-all run of their replicate, not from a full-size one.
+    starting = [c for c in tiny if c.train.init_from]
+    assert len(starting) == 18
+    assert {c.train.init_from_run for c in starting} <= {
+        run_name(c) for c in tiny if c.model.connector == "unet"
+    }
 
 
 @pytest.mark.parametrize(
