@@ -100,6 +100,9 @@ CONNECTORS: dict[str, Connector] = {
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# The largest integer setting: seeds and every other integer fit a signed 64-bit integer, as TOML integers, the
+# report's int64 columns and torch's generators hold them (a larger seed would fail late, in the middle of a grid).
+MAX_INT = 2**63 - 1
 PACK_CONVS = ("grouped", "per_variant")  # how a fused pack runs its 3x3 convolutions (ablation.models.fused)
 INTERPOLATIONS = ("reference", "bilinear", "bicubic")  # see ablation.data.prepare
 
@@ -118,10 +121,12 @@ def _check_range(
     if minimum is not None:
         bounds.append(f"{'>' if exclusive_minimum else '>='} {minimum}")
     if maximum is not None:
-        bounds.append(f"<= {maximum}")
+        bounds.append("<= 2**63 - 1" if maximum == MAX_INT else f"<= {maximum}")
     if below is not None:
         bounds.append(f"< {below}")
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # An int is finite however large (math.isfinite would overflow converting 10**400 to a float).
+    ok = isinstance(value, int) or isinstance(value, float) and math.isfinite(value)
+    ok = ok and not isinstance(value, bool)
     if ok and minimum is not None:
         ok = value > minimum if exclusive_minimum else value >= minimum
     if ok and maximum is not None:
@@ -129,7 +134,25 @@ def _check_range(
     if ok and below is not None:
         ok = value < below
     if not ok:
-        raise AblationError(f"config key {key!r} must be {' and '.join(bounds)}, got {value!r}")
+        raise AblationError(f"config key {key!r} must be {' and '.join(bounds)}, got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, with an integer of more than 30 digits shortened to its length."""
+    text = repr(value)
+    if isinstance(value, int) and len(text) > 30:
+        return f"an integer of {len(text.lstrip('-'))} digits"
+    return text
+
+
+def _check_integers(config: Any, section: str) -> None:
+    """Every integer field of a config dataclass (and each entry of an integer tuple) is at most :data:`MAX_INT`."""
+    for item in dataclasses.fields(config):
+        values = getattr(config, item.name)
+        for value in values if isinstance(values, tuple) else (values,):
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+                key = f"{section}.{item.name}" if section else item.name
+                raise AblationError(f"config key {key!r} must be at most 2**63 - 1, got {_shown(value)}")
 
 
 def check_connector(name: Any) -> str:
@@ -189,6 +212,13 @@ class ModelConfig:
         check_connector(self.connector)
         object.__setattr__(self, "skips", parse_skips(self.skips))
         object.__setattr__(self, "patch_sizes", tuple(self.patch_sizes))
+        _check_integers(self, "model")
+        if len(self.patch_sizes) != 4:
+            raise AblationError(
+                f"config key 'model.patch_sizes' needs 4 sizes (L1..L4), got {list(self.patch_sizes)}"
+            )
+        for size in self.patch_sizes:
+            _check_range("model.patch_sizes", size, minimum=1)
         if self.img_size < 16 or self.img_size % 16:
             raise AblationError(
                 f"model.img_size {self.img_size} must be a positive multiple of 16 (four 2x poolings)"
@@ -244,6 +274,7 @@ class TrainConfig:
     tensorboard_images_every: int = 10
 
     def __post_init__(self) -> None:
+        _check_integers(self, "train")
         for key in ("max_epochs", "batch_size", "scheduler_t0", "scheduler_t_mult", "checkpoint_every"):
             _check_range(f"train.{key}", getattr(self, key), minimum=1)
         _check_range("train.eval_batch_size", self.eval_batch_size, minimum=1)
@@ -286,24 +317,35 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_interpolation(self.interpolation)
-        _check_range("num_folds", self.num_folds, minimum=2)
-        _check_range("repeat", self.repeat, minimum=0)
+        _check_range("seed", self.seed, minimum=0, maximum=MAX_INT)
+        _check_range("num_folds", self.num_folds, minimum=2, maximum=MAX_INT)
+        _check_range("repeat", self.repeat, minimum=0, maximum=MAX_INT)
         if self.fold is not None and not 0 <= self.fold < self.num_folds:
             raise AblationError(f"fold {self.fold} out of range: choose 0..{self.num_folds - 1}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a (nested) config dataclass."""
-    out = dataclasses.asdict(config)
-    return _lists(out)
+    """A JSON-ready dict of a (nested) config dataclass (tuples become lists)."""
+    return _plain(config)
 
 
-def _lists(obj: Any) -> Any:
+def _plain(obj: Any) -> Any:
+    # Not dataclasses.asdict: it deep-copies every value, and run names (hashes of this dict) are computed for
+    # every run of a grid, up to tens of thousands for a dry run. The values here are immutable.
+    kind = type(obj)
+    if kind in (str, int, float, bool, type(None)):
+        return obj
+    if kind in (tuple, list):
+        return [_plain(value) for value in obj]
     if isinstance(obj, dict):
-        return {k: _lists(v) for k, v in obj.items()}
-    if isinstance(obj, tuple):
-        return [_lists(v) for v in obj]
-    return obj
+        return {key: _plain(value) for key, value in obj.items()}
+    names = _FIELD_NAMES.get(kind)
+    if names is None and dataclasses.is_dataclass(kind):
+        names = _FIELD_NAMES.setdefault(kind, tuple(item.name for item in dataclasses.fields(kind)))
+    return obj if names is None else {name: _plain(getattr(obj, name)) for name in names}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # a config dataclass's field names, looked up once
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
@@ -347,7 +389,10 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise AblationError(f"config key {name!r}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise AblationError(f"config key {name!r}: {_shown(value)} is too large for a number") from None
     if hint is str and not isinstance(value, str):
         raise AblationError(f"config key {name!r}: expected a string, got {value!r}")
     return value

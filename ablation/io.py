@@ -31,22 +31,40 @@ RECORDED_PACKAGES = (
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one, never a part."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one, never a part.
+
+    Raises:
+        AblationError: naming ``path`` when it cannot be written (a full disk, a read-only folder, ...); the old
+            file, if any, is left as it was and no temporary file stays behind.
+    """
     path = Path(path)
     ensure_folder(path.parent)
     if path.is_dir():
         raise AblationError(f"cannot write {path}: it is a folder")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; results should be as readable as any file
         os.replace(tmp, path)
+    except OSError as error:
+        _remove_quietly(tmp)
+        raise AblationError(f"cannot write {path}: {error.strerror or error}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise
+
+
+def _remove_quietly(path: str | None) -> None:
+    """Remove a temporary file if it exists; a failure here must not hide the error that got us here."""
+    if path is not None:
+        try:
+            Path(path).unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

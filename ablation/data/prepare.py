@@ -204,15 +204,7 @@ def load_prepared(
     if source is None:
         return _load_synthetic(dataset.lower(), img_size, cache_root)
     layout = readers.scan_reference_layout(source)
-    files = [
-        path
-        for samples in layout.values()
-        for s in samples
-        for path in (s.image, s.label, s.instances)
-        if path
-    ]
-    source_fingerprint = fingerprint_files(files, root=source)
-    fingerprint = _fingerprint(source_fingerprint, img_size, interpolation)
+    source_fingerprint, fingerprint = _fingerprints(layout, source, img_size, interpolation)
     name = dataset.lower() if dataset.lower() in DATASET_FOLDERS else source.resolve().name
     cache_file = _cache_path(cache_root, name, img_size, interpolation, fingerprint)
     common = {
@@ -238,6 +230,61 @@ def load_prepared(
             "$ABLATION_CACHE or --cache-dir to a writable folder so later runs need not decode the images again)"
         )
     return prepared
+
+
+def dataset_fingerprint(
+    dataset: str,
+    *,
+    img_size: int = DEFAULT_IMG_SIZE,
+    data_root: str | Path | None = None,
+    interpolation: str = DEFAULT_INTERPOLATION,
+) -> str:
+    """The ``fingerprint`` :func:`load_prepared` gives this dataset today, from its file names, sizes and times
+    (and the preparation version) alone: no image is read, nothing is prepared or cached.
+
+    Raises:
+        AblationError: as :func:`resolve_dataset` and :func:`ablation.data.readers.scan_reference_layout`.
+    """
+    source = resolve_dataset(dataset, data_root)
+    if source is None:
+        return _synthetic_fingerprints(dataset.lower(), img_size)[1]
+    return _fingerprints(readers.scan_reference_layout(source), source, img_size, interpolation)[1]
+
+
+def split_sizes(dataset: str, data_root: str | Path | None = None) -> dict[str, int]:
+    """Images per split of a dataset (``train``, optional ``val``, ``test``), counted from file names alone.
+
+    Raises:
+        AblationError: as :func:`resolve_dataset` and :func:`ablation.data.readers.scan_reference_layout`.
+    """
+    source = resolve_dataset(dataset, data_root)
+    if source is None:
+        return dict(synthetic.DEFAULT_COUNTS)
+    return {split: len(samples) for split, samples in readers.scan_reference_layout(source).items()}
+
+
+def _fingerprints(
+    layout: dict[str, list[readers.Sample]], source: Path, img_size: int, interpolation: str
+) -> tuple[str, str]:
+    """``(source fingerprint, fingerprint)`` of a dataset folder: its files alone, then with the settings."""
+    files = [
+        path
+        for samples in layout.values()
+        for s in samples
+        for path in (s.image, s.label, s.instances)
+        if path
+    ]
+    source_fingerprint = fingerprint_files(files, root=source)
+    return source_fingerprint, _fingerprint(source_fingerprint, img_size, interpolation)
+
+
+def _synthetic_fingerprints(name: str, img_size: int) -> tuple[str, str]:
+    """``(source fingerprint, fingerprint)`` of a generated dataset (its generator's version stands for files)."""
+    counts = synthetic.DEFAULT_COUNTS
+    source_fingerprint = stable_hash(
+        {"name": name, "counts": counts, "version": synthetic.GENERATOR_VERSION}, 16
+    )
+    return source_fingerprint, stable_hash({"source": source_fingerprint, "img_size": img_size}, length=16)
 
 
 def _warn(message: str) -> None:
@@ -593,10 +640,7 @@ def _load_synthetic(name: str, img_size: int, cache_dir: Path) -> PreparedDatase
         images, instances = synthetic.generate(kind, count=count, img_size=img_size, seed=index)
         names = [f"{split}_{i + 1:03d}" for i in range(count)]
         splits[split] = PreparedSplit(names, images, (instances > 0).astype(np.uint8), instances)
-    source_fingerprint = stable_hash(
-        {"name": name, "counts": counts, "version": synthetic.GENERATOR_VERSION}, 16
-    )
-    fingerprint = stable_hash({"source": source_fingerprint, "img_size": img_size}, length=16)
+    source_fingerprint, fingerprint = _synthetic_fingerprints(name, img_size)
     sizes = {split: [(img_size, img_size)] * len(data) for split, data in splits.items()}
     empty = {
         split: [n for n, ids in zip(data.names, data.instances) if not ids.any()]

@@ -39,21 +39,30 @@ def kfold(names: list[str], *, num_folds: int, seed: int = 0, repeat: int = 0) -
 
     The order depends only on the sorted names, ``seed`` and ``repeat``, so it is the same on every machine.
     """
-    if num_folds < 2:
-        raise AblationError(f"num_folds must be at least 2, got {num_folds}")
-    if num_folds > len(names):
-        fix = (
-            f"set num_folds to at most {len(names)} (e.g. --set num_folds=2)"
-            if len(names) >= 2
-            else "cross-validation needs at least 2 training images"
-        )
-        raise AblationError(
-            f"num_folds {num_folds} exceeds the {len(names)} images of the training pool: {fix}, or add a "
-            "Val_Folder (the layout's own validation set is used when no fold is given)"
-        )
+    check_num_folds(num_folds, len(names))
     ordered = sorted(names)
     order = np.random.default_rng([seed, repeat]).permutation(len(ordered))
     return [[ordered[i] for i in sorted(part)] for part in np.array_split(order, num_folds)]
+
+
+def check_num_folds(num_folds: int, pool_size: int, *, setting: str = "e.g. --set num_folds=2") -> None:
+    """Raise an AblationError unless ``num_folds`` folds can be cut from a training pool of ``pool_size`` images.
+
+    The grid checks this when it plans its runs (from file names alone), training again when it splits;
+    ``setting`` says where the user sets k.
+    """
+    if num_folds < 2:
+        raise AblationError(f"num_folds must be at least 2, got {num_folds}")
+    if num_folds > pool_size:
+        fix = (
+            f"set num_folds to at most {pool_size} ({setting})"
+            if pool_size >= 2
+            else "cross-validation needs at least 2 training images"
+        )
+        raise AblationError(
+            f"num_folds {num_folds} exceeds the {pool_size} images of the training pool: {fix}, or add a "
+            "Val_Folder (the layout's own validation set is used when no fold is given)"
+        )
 
 
 def training_pool(prepared: PreparedDataset) -> PreparedSplit:
