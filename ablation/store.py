@@ -14,7 +14,8 @@ A run folder holds (written in this order; every write is atomic)::
     masked_metrics.csv  optional: one row per (eval_skips, test image) of an all-skips model masked at test time:
                         eval_skips ("1011"), image, dice, iou, hd95 [, object metrics]
     predictions.npz     optional: image (N,H,W,3) uint8, mask (N,H,W) uint8, pred (N,H,W) uint8, name (N,)
-    metrics.json        summary, written last: a run is done exactly when it exists. Keys: status ("done"),
+    metrics.json        summary, written last: a run is done when it exists and its files prove it (below).
+                        Keys: status ("done"),
                         run_id, run_name, dataset, connector, skips, seed, fold, repeat, best_epoch, epochs_run,
                         stopped_early, parameters, gflops, seconds, device, dice_mean, dice_std, iou_mean,
                         iou_std, dice_micro, iou_micro (pooled over all test pixels), hd95_mean
@@ -25,10 +26,19 @@ A run folder holds (written in this order; every write is atomic)::
 A run is identified by a hash of its resolved config; its folder name is readable and deterministic:
 ``<dataset>_<connector>_<skips>_s<seed>_<split>_<hash8>`` where split is ``official`` or ``r<repeat>f<fold>``.
 
+Which runs count (:func:`read_run_state`, the one classifier the grid runner, ``ablation status`` and the report
+share): a finished run is ``done`` only when every file the report reads back is sound and its folder name,
+config.json and metrics.json name the same run (:func:`check_identity`); otherwise it is ``damaged``, and the grid
+runner moves its files to ``<results>/.replaced/`` (:func:`set_aside`) and trains it again. A done run is
+*stale* when the dataset fingerprint or the split its config.json recorded differs from today's
+(:class:`StaleCheck`): it is kept and flagged. Run folder names from grid.json (:func:`read_grid_record`) or any
+other source are joined to the results folder only through :func:`run_dir_in`, which keeps them inside it.
+
 The writers of every file but the checkpoints (``ablation.train.checkpoint``) live here, so training, the
 report tests' synthetic results and the grid tests' fake runs write the same files:
 
-- ``write_run_config(run_dir, config, env)``: config.json (refuses a folder of another run);
+- ``write_run_config(run_dir, config, env)``: config.json (refuses a folder of another run, and a resume on
+  another split than the one it records);
 - ``write_status(run_dir, status, **extra)``: status.json;
 - ``write_history(run_dir, rows)`` (rewrite, e.g. on resume) and ``append_history(run_dir, rows)`` (per epoch):
   history.csv with the columns ``HISTORY_COLUMNS``;
@@ -44,8 +54,11 @@ import dataclasses
 import io
 import json
 import math
+import os
 import re
-from collections.abc import Mapping, Sequence
+import time
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,11 +154,12 @@ def run_name(config: RunConfig) -> str:
 def read_run_state(run_dir: str | Path) -> tuple[str, str, dict[str, Any]]:
     """Where a run folder stands, from its files alone: ``(status, detail, status record)``.
 
-    status is ``done`` (metrics.json exists and every file the report reads back is sound: see
-    :func:`done_run_problem`), ``damaged`` (a finished run whose files cannot be used, an unreadable status.json,
-    or a config.json that is not a valid run config; detail says why), ``failed`` (status.json says so; detail is
-    the reason), ``started`` (status.json exists: running now or interrupted) or ``pending``. The grid runner,
-    ``ablation status`` and the report all classify runs with this one function.
+    status is ``done`` (metrics.json exists and every file the report reads back is sound and describes this
+    folder's run: see :func:`done_run_problem`), ``damaged`` (a finished run whose files cannot be used, an
+    unreadable status.json, a config.json that is not a valid run config, or a checkpoint_last.pt that cannot be
+    resumed from; detail says why), ``failed`` (status.json says so; detail is the reason), ``started``
+    (status.json exists: running now or interrupted) or ``pending``. The grid runner, ``ablation status`` and the
+    report all classify runs with this one function.
     """
     run_dir = Path(run_dir)
     if (run_dir / METRICS_FILE).exists():
@@ -165,6 +179,9 @@ def read_run_state(run_dir: str | Path) -> tuple[str, str, dict[str, Any]]:
     text = str(record.get("status", ""))
     if text.startswith("failed"):
         return "failed", text.removeprefix("failed").lstrip(": ") or str(record.get("error", "")), record
+    problem = checkpoint_problem(run_dir / LAST_CHECKPOINT)
+    if problem:
+        return "damaged", f"{problem}: the run cannot resume", record
     return "started", "", record
 
 
@@ -197,24 +214,56 @@ def write_run_config(
     started from another run's weights (``train.init_from``), ``init_weights``.
 
     ``env`` records where the run ran (``ablation.io.environment_record()`` plus device, dataset fingerprint and
-    splits); ``init_weights`` what was copied from the source run (``ablation.train.checkpoint.copy_source_weights``).
-    A resumed run keeps its original file.
+    ``splits``, the record of :func:`ablation.data.run_splits`); ``init_weights`` what was copied from the
+    source run (``ablation.train.checkpoint.copy_source_weights``). A run resuming from checkpoint_last.pt keeps
+    its original file; a run starting again from epoch 0 records today's. A damaged config.json (not a valid run
+    config) is written again: the folder's checkpoint, if any, says whose run it is.
 
     Raises:
-        AblationError: the folder's config.json belongs to another run.
+        AblationError: the folder's config.json belongs to another run, or the run would resume from its
+            checkpoint on another split than the one config.json records (naming the splits file).
     """
-    path = Path(run_dir) / CONFIG_FILE
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    existing = None
     if path.exists():
-        existing = read_json_table(path).get("run_id")
-        if existing != run_id(config):
-            raise AblationError(
-                f"{path} belongs to run {existing}, not {run_id(config)}: use another output folder"
-            )
-        return
+        try:
+            existing = read_run_config(run_dir)[1]
+        except AblationError:
+            existing = None  # damaged: written again below
+        if existing is not None:
+            if existing.get("run_id") != run_id(config):
+                raise AblationError(
+                    f"{path} belongs to run {existing.get('run_id')}, not {run_id(config)}: use another output "
+                    "folder"
+                )
+            if (run_dir / LAST_CHECKPOINT).exists():
+                _check_resumed_split(run_dir, existing.get("env", {}).get("splits"), env.get("splits"))
+                return
     record = {"run_id": run_id(config), "run_name": run_name(config), **to_dict(config), "env": dict(env)}
     if init_weights is not None:
         record["init_weights"] = dict(init_weights)
-    atomic_write_json(path, record)
+    if record != existing:  # unchanged: left as it is
+        atomic_write_json(path, record)
+
+
+SPLIT_LISTS = ("train", "val", "test")  # the image lists a run's splits record holds
+
+
+def _check_resumed_split(run_dir: Path, recorded: Any, today: Any) -> None:
+    """Refuse to resume a run whose split differs from the one its config.json records (and its checkpoint
+    was trained on)."""
+    if not isinstance(recorded, dict) or not isinstance(today, dict):
+        return  # nothing recorded to compare with (a config.json of an older version, or a caller without splits)
+    changed = [key for key in ("split", *SPLIT_LISTS) if recorded.get(key) != today.get(key)]
+    if changed:
+        where = today.get("splits_file") or recorded.get("splits_file")
+        raise AblationError(
+            f"{run_dir.name} cannot resume: the splits file {where} now gives split {today.get('split')} other "
+            f"{'/'.join(changed)} images than the run's {LAST_CHECKPOINT} was trained on (recorded in "
+            f"{CONFIG_FILE}); restore that file, or delete {run_dir / LAST_CHECKPOINT} to train the run again "
+            "on the new split"
+        )
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, header: bool = True) -> str:
@@ -238,9 +287,12 @@ def append_history(run_dir: str | Path, rows: Sequence[Mapping[str, Any]]) -> No
     checkpoint with :func:`write_history`.
     """
     path = Path(run_dir) / HISTORY_FILE
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", encoding="utf-8", newline="") as handle:
-        handle.write(_csv_text(rows, HISTORY_COLUMNS, header=new))
+    try:
+        new = not path.exists() or path.stat().st_size == 0
+        with path.open("a", encoding="utf-8", newline="") as handle:
+            handle.write(_csv_text(rows, HISTORY_COLUMNS, header=new))
+    except OSError as error:
+        raise AblationError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def write_image_metrics(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -295,8 +347,86 @@ def write_predictions(
 
 
 def find_runs(results_dir: str | Path) -> list[Path]:
-    """Every run folder (one holding config.json) below ``results_dir``, sorted by path."""
-    return sorted(p.parent for p in Path(results_dir).rglob(CONFIG_FILE))
+    """Every run folder (one holding config.json) below ``results_dir``, sorted by path.
+
+    Hidden folders are skipped: :data:`REPLACED_DIR` keeps the files of runs trained again.
+    """
+    root = Path(results_dir)
+    return sorted(
+        p.parent
+        for p in root.rglob(CONFIG_FILE)
+        if not any(part.startswith(".") for part in p.parent.relative_to(root).parts)
+    )
+
+
+def run_dir_in(results_dir: str | Path, name: str, *, where: str = "") -> Path:
+    """The run folder ``results_dir/name``, after checking that it stays inside ``results_dir``.
+
+    Args:
+        results_dir: the results folder.
+        name: a run folder's name: one path component, as :func:`run_name` gives.
+        where: the file or key the name comes from, for the message (e.g. grid.json).
+
+    Raises:
+        AblationError: naming ``where`` and the name when it is empty, absolute, holds a path separator or
+            ``..``, is hidden, or is a symbolic link that leads outside ``results_dir``.
+    """
+    root = Path(results_dir)
+    source = f"{where}: " if where else ""
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or name.startswith(".")
+        or any(sep in name for sep in ("/", "\\", "\0"))
+    ):
+        raise AblationError(
+            f"{source}run folder {name!r} is not a plain folder name inside {root}: run folders are named "
+            "<dataset>_<connector>_<skips>_s<seed>_<split>_<hash8>"
+        )
+    path = root / name
+    if path.is_symlink():
+        target, inside = path.resolve(), root.resolve()
+        if target == inside or inside not in target.parents:
+            raise AblationError(
+                f"{source}run folder {path} is a link to {target}, outside the results folder {root}: "
+                "remove the link (results are only written inside the results folder)"
+            )
+    return path
+
+
+REPLACED_DIR = ".replaced"  # <results>/.replaced/<run name>.<UTC time>/: files of runs trained again
+
+
+def set_aside(run_dir: str | Path, reason: str, *, keep: Sequence[str] = ()) -> Path:
+    """Move a run folder's files into ``<results>/.replaced/<run name>.<UTC time>/`` so the run can be trained
+    again; nothing is deleted. ``reason.txt`` there says why.
+
+    Args:
+        run_dir: the run folder (its parent is the results folder).
+        reason: why the run is trained again (damaged, stale), one line.
+        keep: names of files that stay (the runner's lock).
+
+    Returns:
+        The folder the files went to.
+    """
+    run_dir = Path(run_dir)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = run_dir.parent / REPLACED_DIR / f"{run_dir.name}.{stamp}"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = run_dir.parent / REPLACED_DIR / f"{run_dir.name}.{stamp}-{suffix}"
+    try:
+        target.mkdir(parents=True)
+        for item in sorted(run_dir.iterdir()):
+            if item.name not in keep:
+                os.replace(item, target / item.name)
+        atomic_write_text(target / "reason.txt", reason.rstrip() + "\n")
+    except OSError as error:
+        raise AblationError(
+            f"cannot move the files of {run_dir} to {target}: {error.strerror or error}"
+        ) from None
+    return target
 
 
 # Per-image metric columns and their valid ranges (test_metrics.csv, masked_metrics.csv).
@@ -361,7 +491,8 @@ def read_done_run(run_dir: str | Path) -> DoneRun:
     """Read and validate every file of a finished run folder (one with metrics.json) that reports read back.
 
     config.json must be a valid run config (:func:`read_run_config`); metrics.json must hold every key of
-    :data:`METRICS_KEYS` with the right type and range (:func:`check_metrics_record`); test_metrics.csv, and
+    :data:`METRICS_KEYS` with the right type and range (:func:`check_metrics_record`); both must describe the run
+    the folder is named after (:func:`check_identity`); test_metrics.csv, and
     masked_metrics.csv and history.csv where present, must parse with every number in range
     (:func:`read_metrics_csv`, :func:`read_history_csv`). So a run is either sound or damaged, never a crash
     or a score.
@@ -373,6 +504,7 @@ def read_done_run(run_dir: str | Path) -> DoneRun:
     config, record = read_run_config(run_dir)
     metrics = read_json_table(run_dir / METRICS_FILE)
     check_metrics_record(metrics, run_dir / METRICS_FILE)
+    check_identity(run_dir, config, record, metrics)
     test = read_metrics_csv(run_dir / TEST_METRICS_FILE)
     masked_path, history_path = run_dir / MASKED_METRICS_FILE, run_dir / HISTORY_FILE
     masked = read_metrics_csv(masked_path, masked=True) if masked_path.exists() else None
@@ -390,6 +522,54 @@ def done_run_problem(run_dir: str | Path) -> str | None:
     except AblationError as error:
         return str(error)
     return None
+
+
+def check_identity(
+    run_dir: Path, config: RunConfig, record: Mapping[str, Any], metrics: Mapping[str, Any]
+) -> None:
+    """Check that a finished run's folder name, config.json and metrics.json name one run.
+
+    The folder name must be a run name (:func:`name_fields`) whose dataset, connector, skips, seed and split
+    are config.json's; config.json's ``run_name`` (where recorded) must be the folder name and its ``run_id`` the
+    name's hash; metrics.json's run_id, run_name, dataset, connector, skips, seed, fold and repeat must be
+    config.json's. A run copied or renamed into another run's folder, or a metrics.json of another run, fails.
+
+    Raises:
+        AblationError: naming the file and the first field that disagrees.
+    """
+    name = run_dir.name
+    fields = name_fields(name)
+    if fields is None:
+        raise AblationError(
+            f"{run_dir}: the folder name is not a run name (<dataset>_<connector>_<skips>_s<seed>_<split>_<hash8>)"
+            f"; config.json names the run {record.get('run_name', run_name(config))}"
+        )
+    expected = {
+        "dataset": dataset_slug(config.dataset),
+        "connector": config.model.connector,
+        "skips": config.model.skips,
+        "seed": str(config.seed),
+        "split": split_name(config),
+    }
+    for key, value in expected.items():
+        if fields[key] != value:
+            raise AblationError(f"{run_dir}: the folder name says {key} {fields[key]}, {CONFIG_FILE} {value}")
+    config_path, metrics_path = run_dir / CONFIG_FILE, run_dir / METRICS_FILE
+    identity: dict[str, Any] = {"run_id": fields["run_id"], "run_name": name}
+    for key, value in identity.items():
+        if record.get(key, value) != value:
+            raise AblationError(
+                f"{config_path}: {key!r} is {record[key]!r}, the folder's name says {value!r}"
+            )
+    identity.update(
+        dataset=config.dataset, connector=config.model.connector, skips=config.model.skips, seed=config.seed,
+        fold=config.fold, repeat=config.repeat,
+    )  # fmt: skip
+    for key, value in identity.items():
+        if metrics[key] != value:
+            raise AblationError(
+                f"{metrics_path}: {key!r} is {metrics[key]!r}, but {CONFIG_FILE} and the folder name say {value!r}"
+            )
 
 
 def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
@@ -577,16 +757,144 @@ def _number(text: str, bounds: tuple[float, float], path: str | Path, line: int,
     return value
 
 
-def recorded_runs(results_dir: str | Path) -> list[str]:
-    """Run names recorded in ``grid.json`` by earlier ``ablation run`` calls on this folder."""
+def read_grid_record(results_dir: str | Path) -> dict[str, list[str]]:
+    """``grid.json`` of a results folder: ``{"runs": [run names], "specs": [spec names]}`` (empty lists without
+    the file). Every run name is checked to name a folder inside ``results_dir`` (:func:`run_dir_in`).
+
+    Raises:
+        AblationError: naming grid.json when it cannot be read, is not a JSON object, or its ``runs`` or
+            ``specs`` is not a list of strings, or a run name leads outside the results folder.
+    """
     path = Path(results_dir) / GRID_FILE
     if not path.exists():
-        return []
+        return {"runs": [], "specs": []}
+    fix = "repair or delete it (it lists the runs earlier `ablation run` calls asked for)"
     try:
-        runs = read_json_table(path).get("runs", [])
-    except AblationError:
-        return []
-    return [run for run in runs if isinstance(run, str)] if isinstance(runs, list) else []
+        record = read_json_table(path)
+    except AblationError as error:
+        raise AblationError(f"{GRID_FILE} is damaged ({error}): {fix}") from None
+    lists: dict[str, list[str]] = {}
+    for key in ("runs", "specs"):
+        value = record.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise AblationError(f"{path} is damaged: {key!r} must be a list of names: {fix}")
+        lists[key] = value
+    for name in lists["runs"]:
+        run_dir_in(results_dir, name, where=str(path))
+    return lists
+
+
+def recorded_runs(results_dir: str | Path) -> list[str]:
+    """Run names recorded in ``grid.json`` by earlier ``ablation run`` calls on this folder (see
+    :func:`read_grid_record`, whose errors it raises)."""
+    return read_grid_record(results_dir)["runs"]
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why checkpoint_last.pt cannot be resumed from, from its file alone (no torch), or None (sound or absent).
+
+    torch.save writes a zip archive; a file cut short loses the archive's directory, and the pickled record
+    (``*/data.pkl``) is read whole, so its CRC-32 is checked. The tensors' bytes are not read here (a
+    checkpoint can be gigabytes); loading checks them.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            records = [m for m in members if m.filename.endswith("/data.pkl")]
+            if not records:
+                return f"{path} is not a torch checkpoint (no data.pkl in it)"
+            ends = [m.header_offset + m.compress_size for m in members]
+            if max(ends) > size:
+                return f"{path} is cut short"
+            archive.read(records[0])
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as error:
+        return f"{path} is damaged ({getattr(error, 'strerror', None) or error})"
+    return None
+
+
+class StaleCheck:
+    """Flags finished runs whose data or split changed since they ran (:func:`stale_reasons`), computing today's
+    dataset fingerprints and reading splits files once per check, however many runs share them.
+
+    Args:
+        fingerprint: today's fingerprint of a dataset, called as ``fingerprint(dataset, img_size=...,
+            data_root=..., interpolation=...)`` (:func:`ablation.data.prepare.dataset_fingerprint`, passed in
+            because the store sits below the data layer); an AblationError from it (a dataset folder missing
+            here) means the data cannot be checked, not that it changed.
+    """
+
+    def __init__(self, fingerprint: Callable[..., str]) -> None:
+        self._fingerprint = fingerprint
+        self._fingerprints: dict[tuple[Any, ...], str | None] = {}
+        self._splits_files: dict[str, Any] = {}
+
+    def reasons(self, run_dir: str | Path) -> list[str]:
+        """Why the finished run in ``run_dir`` is stale; empty when it is current or cannot be checked."""
+        try:
+            config, record = read_run_config(run_dir)
+        except AblationError:
+            return []  # a damaged run, reported as such elsewhere
+        key = (config.dataset, config.data_root, config.model.img_size, config.interpolation)
+        if key not in self._fingerprints:
+            try:
+                self._fingerprints[key] = self._fingerprint(
+                    config.dataset,
+                    img_size=config.model.img_size,
+                    data_root=config.data_root,
+                    interpolation=config.interpolation,
+                )
+            except AblationError:
+                self._fingerprints[key] = None
+        return stale_reasons(record, self._fingerprints[key], splits_files=self._splits_files)
+
+
+def stale_reasons(
+    record: Mapping[str, Any], fingerprint: str | None, *, splits_files: dict[str, Any] | None = None
+) -> list[str]:
+    """Why a finished run's results no longer match today's data: empty when they match or cannot be checked.
+
+    Args:
+        record: the run's config.json content (its ``env`` holds the dataset fingerprint and the splits it used).
+        fingerprint: today's dataset fingerprint for the run's settings
+            (:func:`ablation.data.prepare.dataset_fingerprint`), or None when it cannot be computed (the dataset
+            folder is missing here): then the data is not compared.
+        splits_files: a cache of splits files read, by path, shared across calls.
+
+    Returns:
+        One sentence per change: the data (its files, or the preparation code's version) or the run's split in
+        the splits file it recorded (an edited file). A splits file that is gone or unreadable is not compared.
+    """
+    env = record.get("env") if isinstance(record.get("env"), dict) else {}
+    reasons = []
+    recorded = env.get("dataset_fingerprint")
+    if fingerprint is not None and recorded and recorded != fingerprint:
+        reasons.append(
+            f"the data changed since it ran (dataset fingerprint {recorded} then, {fingerprint} now)"
+        )
+    splits = env.get("splits")
+    if isinstance(splits, dict) and isinstance(splits.get("splits_file"), str):
+        cache = splits_files if splits_files is not None else {}
+        path = splits["splits_file"]
+        if path not in cache:
+            try:
+                cache[path] = read_json_table(path)
+            except AblationError:
+                cache[path] = None
+        content = cache[path]
+        entries = content.get("splits") if isinstance(content, dict) else None
+        entry = entries.get(splits.get("split")) if isinstance(entries, dict) else None
+        if isinstance(entry, dict):
+            today = {**entry, "test": content.get("test")}
+            changed = [key for key in SPLIT_LISTS if key in splits and today.get(key) != splits[key]]
+            if changed:
+                reasons.append(
+                    f"its split {splits.get('split')} changed in {path} since it ran ({'/'.join(changed)} images)"
+                )
+    return reasons
 
 
 def name_fields(name: str) -> dict[str, str] | None:

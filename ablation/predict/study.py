@@ -95,7 +95,8 @@ def finished_runs(results_dir: str | Path) -> tuple[list[StudyRun], list[str]]:
 
     Returns:
         ``(runs, problems)``: problems are ``"<config.json>: <reason>"`` for done runs whose config lacks a
-        field (a damaged run is left out, not fatal, as in reports).
+        field, and the reason a finished run is damaged (:func:`ablation.store.read_run_state`); such runs are
+        left out, not fatal, as in reports.
 
     Raises:
         AblationError: ``results_dir`` is not a folder.
@@ -106,7 +107,10 @@ def finished_runs(results_dir: str | Path) -> tuple[list[StudyRun], list[str]]:
     runs: list[StudyRun] = []
     problems: list[str] = []
     for run_dir in find_runs(results_dir):
-        if read_run_state(run_dir)[0] != "done":
+        state, detail, _ = read_run_state(run_dir)
+        if state == "damaged" and (run_dir / METRICS_FILE).exists():  # finished, but its files disagree
+            problems.append(detail)
+        if state != "done":
             continue
         config = read_json_table(run_dir / CONFIG_FILE)
         metrics = read_json_table(run_dir / METRICS_FILE)

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from ablation.config import CONNECTORS, RunConfig
+from ablation.data.prepare import dataset_fingerprint
 from ablation.errors import AblationError
 from ablation.report.pooling import APART_COLUMNS, dataset_labels
 from ablation.skips import ALL_SUBSETS, PAIR_SUBSETS, PAPER_SUBSETS, skip_label
@@ -31,6 +32,7 @@ from ablation.store import (
     METRICS_FILE,
     PREDICTIONS_FILE,
     DoneRun,
+    StaleCheck,
     dataset_slug,
     find_runs,
     name_fields,
@@ -81,8 +83,9 @@ class Results:
         root: the results folder.
         images: one row per run x test image (and per runtime mask x image for test-time masking); columns
             ``IMAGE_COLUMNS`` plus whichever of ``IMAGE_METRICS`` the runs wrote.
-        runs: one row per done run: identity columns, ``path``, every key of its metrics.json and the config
-            settings of :data:`PROTOCOL_SETTINGS`.
+        runs: one row per done run: identity columns, ``path``, every key of its metrics.json, the config
+            settings of :data:`PROTOCOL_SETTINGS` and ``stale``: why the run's data or split changed since it ran
+            (:class:`ablation.store.StaleCheck`; empty when current or when the data cannot be checked here).
         history: concatenated history.csv files (identity columns + epoch, train_loss, val_loss, val_dice, ...).
         failed: failed runs (``status`` "failed", ``error`` and ``epoch`` from status.json) and damaged ones
             (``status`` "damaged": a file of the run cannot be read; ``error`` names it and says why).
@@ -226,6 +229,7 @@ def load_results(results_dir: str | Path) -> Results:
     labels, apart = dataset_labels({d: c for d, c in configs.items() if not isinstance(c, str)})
 
     image_frames, history_frames, run_rows, failed_rows, incomplete_rows = [], [], [], [], []
+    stale = StaleCheck(dataset_fingerprint)
     for run_dir in run_dirs:
         entry = configs[run_dir]
         if isinstance(entry, str):
@@ -240,7 +244,13 @@ def load_results(results_dir: str | Path) -> Results:
                 failed_rows.append(_run_row(run_dir, identity, "damaged", error=str(error)))
                 continue
             run_rows.append(
-                {**run.metrics, **identity, **_protocol_settings(run.record), "path": str(run_dir)}
+                {
+                    **run.metrics,
+                    **identity,
+                    **_protocol_settings(run.record),
+                    "path": str(run_dir),
+                    "stale": "; ".join(stale.reasons(run_dir)),
+                }
             )
             image_frames.extend(_image_frames(run, identity))
             if run.history is not None:
@@ -260,7 +270,7 @@ def load_results(results_dir: str | Path) -> Results:
     images = _concat(image_frames, IMAGE_COLUMNS)
     runs = pd.DataFrame(run_rows)
     if runs.empty:
-        runs = pd.DataFrame(columns=[*RUN_LIST_COLUMNS[:-1], "repeat", "fold", "skip_label"])
+        runs = pd.DataFrame(columns=[*RUN_LIST_COLUMNS[:-1], "repeat", "fold", "skip_label", "stale"])
     failed = pd.DataFrame(failed_rows, columns=[*RUN_LIST_COLUMNS, "error", "epoch"])
     incomplete = pd.DataFrame(incomplete_rows, columns=[*RUN_LIST_COLUMNS, "epoch"])
     history = _concat(history_frames, (*KEY_COLUMNS, "run_name", "epoch"))
@@ -370,8 +380,8 @@ def _recorded_grid(
     A recorded run without a folder has its fields read from its name
     (:func:`ablation.store.name_fields`).
     """
-    names = recorded_runs(root)
-    if not names:  # no grid.json, an unreadable one, or one without run names: infer the grid instead
+    names = recorded_runs(root)  # a damaged grid.json is an error naming it
+    if not names:  # no grid.json, or one without run names: infer the grid instead
         return None
     known = {row["run_name"]: row for row in rows if row.get("dataset") is not None}
     # A name holds the dataset's short form ("glas" for data/GlaS): show it as the run folders present do.

@@ -327,10 +327,15 @@ def _write_shapley(subset: pd.DataFrame, stem: str, index: _Index) -> list[str]:
 
 def _readme(results: Results, index: _Index, findings_lines: list[str]) -> str:
     done = len(results.runs)
+    stale = (
+        results.runs[results.runs["stale"].fillna("") != ""] if "stale" in results.runs else results.runs[:0]
+    )
+    stale_note = f" ({len(stale)} stale: the data or split changed since; see Gaps)" if len(stale) else ""
     lines = [
         "# Skip-connection ablation report",
         "",
-        f"Results folder: `{results.root}`. Done runs: {done}; failed or damaged: {len(results.failed)}; "
+        f"Results folder: `{results.root}`. Done runs: {done}{stale_note}; failed or damaged: "
+        f"{len(results.failed)}; "
         f"running or not started: {len(results.incomplete)}; expected grid combinations without a done run: "
         f"{len(results.missing)}.",
         "",
@@ -352,8 +357,13 @@ def _readme(results: Results, index: _Index, findings_lines: list[str]) -> str:
         lines.append("")
     lines += ["## Gaps", ""]
     complete = results.failed.empty and results.incomplete.empty and results.missing.empty
-    if complete and not index.skipped and not results.unreadable:
+    if complete and not index.skipped and not results.unreadable and stale.empty:
         lines += ["None: every expected run is done and every item was written.", ""]
+    for _, row in stale.iterrows():
+        lines.append(
+            f"- stale (kept in the tables; `ablation run --rerun-stale` trains it again): `{row['run_name']}`: "
+            f"{row['stale']}"
+        )
     for _, row in results.failed.iterrows():
         lines.append(f"- {row['status']}: `{row['run_name']}`: {row['error']}")
     lines += [f"- damaged: {message}" for message in results.unreadable]

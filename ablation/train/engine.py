@@ -31,7 +31,7 @@ from ablation.config import RunConfig, TrainConfig
 from ablation.errors import AblationError
 from ablation.io import read_json
 from ablation.packing import MASKABLE_CONNECTORS, can_pack
-from ablation.store import CONFIG_FILE, METRICS_FILE, run_name, write_status
+from ablation.store import CONFIG_FILE, METRICS_FILE, run_id, run_name, write_status
 from ablation.train.checkpoint import plain_scheduler_state
 from ablation.train.device import DeviceSetup, determinism, setup_device
 from ablation.train.pack import Pack
@@ -125,7 +125,17 @@ def train_packed(
     pending = []
     for position, out_dir in enumerate(out_dirs):
         if (out_dir / METRICS_FILE).exists():
-            results[position] = read_json(out_dir / METRICS_FILE)
+            record, own_id = read_json(out_dir / METRICS_FILE), run_id(configs[position])
+            if (
+                not isinstance(record, dict)
+                or record.get("status") != "done"
+                or record.get("run_id") != own_id
+            ):
+                raise AblationError(  # done only when its own finished record says so
+                    f"{out_dir / METRICS_FILE} is not the finished record of run {own_id}: move the folder away "
+                    "to train it again (`ablation run` does so itself)"
+                )
+            results[position] = record
         else:
             pending.append(position)
     if pending:
