@@ -7,6 +7,7 @@ import math
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep runs matching a substring or glob of the run name, or key=value (dataset, connector, skips, "
         "seed, fold, repeat, split, run_id); repeat or separate by commas to combine",
     )
-    run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, else 1 in-process)")
+    run.add_argument(
+        "--workers", type=int, help="worker processes, at most 256 (default: one per GPU, else 1 in-process)"
+    )
     run.add_argument("--workers-per-gpu", type=int, default=1, help="workers sharing each GPU (default: 1)")
     run.add_argument("--gpus", help="GPU ids to use, e.g. 0,1 (default: every visible GPU)")
     run.add_argument(
@@ -84,14 +87,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "identity: new run folders)",
     )
     run.add_argument("--skip-failed", action="store_true", help="leave runs that failed before as failed")
+    run.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="train again done runs whose data or splits file changed since they ran (their old files are "
+        "moved to RESULTS/.replaced/); by default they are kept and listed as stale",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(handler=run_command)
 
     status = subparsers.add_parser(
         "status",
         help="list the runs of a results folder: done, running, failed (with error), pending",
-        description="List the runs of a results folder with their state: done, running, failed (with the "
-        "error), pending, or damaged (a file of the run cannot be read).",
+        description="List the runs of a results folder with their state: done (flagged stale when its data or "
+        "split changed since), running, failed (with the error), pending, or damaged (a file of the run cannot be "
+        "read, does not describe the run, or its checkpoint cannot be resumed from).",
     )
     status.add_argument("results_dir", help="the grid's results folder")
     status.add_argument("--spec", help="the experiment spec, to list its runs that have not started")
@@ -102,7 +112,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="as for `ablation run`; without --spec the fields are read from the run folder names",
     )
     status.add_argument(
-        "--quiet", action="store_true", help="print only failed and running runs and the totals"
+        "--quiet",
+        action="store_true",
+        help="print only failed, running, damaged and stale runs and the totals",
     )
     status.set_defaults(handler=status_command)
 
@@ -124,14 +136,16 @@ def run_command(args: argparse.Namespace) -> int:
     from ablation.train.tensorboard_log import check_tensorboard
 
     from .gpus import check_gpus, parse_gpus
+    from .local import check_workers
     from .order import check_sources
     from .runner import check_results_dir, run_grid
     from .spec import check_datasets, expand_spec, load_spec, override_spec, parse_pack_size
-    from .status import grid_status
+    from .status import iter_grid_status
 
     # The flags first: a bad value is an error even when every run is done and nothing would use it.
-    _check_positive(args.workers, "--workers")
-    _check_positive(args.workers_per_gpu, "--workers-per-gpu")
+    check_workers(args.workers, "--workers")
+    check_workers(args.workers_per_gpu, "--workers-per-gpu")
+    # --cpus-per-run: at most the Ray cluster's CPUs, checked on connecting
     _check_positive(args.cpus_per_run, "--cpus-per-run")
     pack_size = None if args.pack_size is None else parse_pack_size(args.pack_size, "--pack-size")
     gpus = parse_gpus(args.gpus)
@@ -155,7 +169,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr)
     check_sources(configs, results_dir)  # a source --only left out must be done already
     if args.dry_run:
-        _print_states(grid_status(results_dir, configs), results_dir, quiet=False)
+        _print_states(iter_grid_status(results_dir, configs), results_dir, quiet=False)
         requested = spec.pack_size if args.pack_size is None else pack_size
         for line in _cost_lines(configs, args, gpus, requested):
             print(line)
@@ -174,6 +188,7 @@ def run_command(args: argparse.Namespace) -> int:
         cpus_per_run=args.cpus_per_run,
         pack_size=spec.pack_size if args.pack_size is None else pack_size,
         retry_failed=not args.skip_failed,
+        rerun_stale=args.rerun_stale,
         progress=not args.no_progress,
         spec_name=spec.name,
     )
@@ -206,10 +221,11 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    from .local import check_workers
     from .runner import check_results_dir, run_grid
     from .spec import load_spec
 
-    _check_positive(args.workers, "--workers")
+    check_workers(args.workers, "--workers")
     check_results_dir(args.out)
     if not DEMO_SPEC.is_file():
         raise AblationError(
@@ -267,13 +283,18 @@ def _selected(configs: list[RunConfig], filters: list[str] | None) -> list[RunCo
     return selected
 
 
-def _print_states(states: list[RunState], results_dir: Path, *, quiet: bool) -> None:
+def _print_states(states: Iterable[RunState], results_dir: Path, *, quiet: bool) -> None:
+    """One line per run as it is read (a long listing starts at once), then the totals."""
+    counts: Counter[str] = Counter()
     for state in states:
-        if quiet and state.status not in ("failed", "running"):
+        counts[state.status] += 1
+        counts["stale"] += state.stale
+        if quiet and state.status not in ("failed", "running", "damaged") and not state.stale:
             continue
         detail = f"  ({state.detail})" if state.detail else ""
-        print(f"{state.status:<8} {state.name}{detail}")
-    counts = Counter(state.status for state in states)
+        print(f"{state.status:<8} {state.name}{detail}", flush=True)
     kinds = ("done", "running", "failed", "pending", *(["damaged"] if counts["damaged"] else []))
     totals = ", ".join(f"{counts.get(kind, 0)} {kind}" for kind in kinds)
-    print(f"{len(states)} runs in {results_dir}: {totals}")
+    if counts["stale"]:
+        totals = totals.replace(" done", f" done ({counts['stale']} stale)", 1)
+    print(f"{sum(counts[kind] for kind in kinds)} runs in {results_dir}: {totals}")

@@ -27,18 +27,31 @@ from .gpus import available_cores, detect_gpus
 from .order import UnitOrder
 
 POLL_SECONDS = 0.2
+# The most worker processes one runner starts (each imports torch, ~0.3 GB of memory before any data): as many
+# as the largest machines have cores. More would exhaust memory, not train faster.
+MAX_WORKERS = 256
+
+
+def check_workers(value: int | None, flag: str) -> None:
+    """``--workers``-like counts are None (the default) or in 1..:data:`MAX_WORKERS`.
+
+    Raises:
+        AblationError: naming ``flag`` and the valid range.
+    """
+    if value is not None and not 1 <= value <= MAX_WORKERS:
+        shown = value if abs(value) < 10**12 else f"an integer of {len(str(abs(value)))} digits"
+        raise AblationError(f"{flag} must be in 1..{MAX_WORKERS}, got {shown}")
 
 
 def worker_devices(workers: int | None, gpus: Sequence[str] | None, workers_per_gpu: int) -> list[str | None]:
     """The GPU each worker is pinned to (None: a CPU worker), round-robin over the GPUs."""
-    if workers_per_gpu < 1:
-        raise AblationError(f"--workers-per-gpu must be >= 1, got {workers_per_gpu}")
-    if workers is not None and workers < 1:
-        raise AblationError(f"--workers must be >= 1, got {workers}")
+    check_workers(workers_per_gpu, "--workers-per-gpu")
+    check_workers(workers, "--workers")
     devices = list(gpus) if gpus is not None else detect_gpus()
     if not devices:
         return [None] * (workers or 1)
     count = workers or len(devices) * workers_per_gpu
+    check_workers(count, "--workers (GPUs x --workers-per-gpu)")
     return [devices[index % len(devices)] for index in range(count)]
 
 
@@ -53,6 +66,7 @@ def run_units_local(
     retry_failed: bool,
     progress: bool,
     on_outcomes: Callable[[list[RunOutcome]], None],
+    rerun_stale: bool = False,
 ) -> None:
     """Execute the units here (one worker, no GPUs named) or in spawned worker processes, sources first."""
     if not units:
@@ -65,12 +79,13 @@ def run_units_local(
             for index in order.ready():
                 outcomes = execute_unit(
                     units[index], results_dir, train_unit=train_unit, progress=show_run_bars,
-                    retry_failed=retry_failed,
+                    retry_failed=retry_failed, rerun_stale=rerun_stale,
                 )  # fmt: skip
                 order.finish(index)
                 on_outcomes(outcomes)
         return
-    _run_in_workers(units, results_dir, devices[: len(units)], train_unit, retry_failed, on_outcomes)
+    options = {"retry_failed": retry_failed, "rerun_stale": rerun_stale}
+    _run_in_workers(units, results_dir, devices[: len(units)], train_unit, options, on_outcomes)
 
 
 def _run_in_workers(
@@ -78,9 +93,10 @@ def _run_in_workers(
     results_dir: Path,
     devices: list[str | None],
     train_unit: TrainUnit | None,
-    retry_failed: bool,
+    options: dict[str, bool],
     on_outcomes: Callable[[list[RunOutcome]], None],
 ) -> None:
+    """``options``: the keyword flags every worker passes to :func:`execute_unit` (retry_failed, rerun_stale)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
@@ -114,7 +130,7 @@ def _run_in_workers(
                 os.getpid(),
                 str(results_dir),
                 payload,
-                retry_failed,
+                options,
                 tasks,
                 results,
             ),
@@ -183,7 +199,7 @@ def _worker_main(
     parent_pid: int,
     results_dir: str,
     payload: bytes,
-    retry_failed: bool,
+    options: dict[str, bool],
     tasks: Any,
     results: Any,
 ) -> None:
@@ -203,9 +219,7 @@ def _worker_main(
             return
         index, unit = task
         results.put(("start", slot, index, None))
-        outcomes = execute_unit(
-            unit, results_dir, train_unit=train_unit, progress=False, retry_failed=retry_failed
-        )
+        outcomes = execute_unit(unit, results_dir, train_unit=train_unit, progress=False, **options)
         results.put(("outcomes", slot, index, outcomes))
 
 

@@ -14,6 +14,8 @@ its source (:mod:`ablation.grid.order`). The layers point one way: ``locks``, ``
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,22 +23,26 @@ from typing import Any
 
 from ablation.config import RunConfig
 from ablation.errors import AblationError
-from ablation.io import atomic_write_json, read_json_table
+from ablation.io import atomic_write_json
 from ablation.packing import auto_pack_size, group_for_packing
-from ablation.store import GRID_FILE, recorded_runs, run_name
+from ablation.store import GRID_FILE, read_grid_record, run_name
 
+from . import locks
 from .execute import RunOutcome, TrainUnit, settled_outcome
 from .gpus import detect_gpus, gpu_memory_bytes
 from .local import run_units_local
 from .order import check_sources
 from .ray_backend import run_units_ray
+from .status import stale_check
 
 BACKENDS = ("local", "ray")
+WAIT_SECONDS = 1.0  # how often a runner looks at runs another live runner on this host holds
 
 
 @dataclass
 class GridSummary:
-    """The end-of-grid record: what was trained, skipped, failed or left to another runner."""
+    """The end-of-grid record: what was trained, skipped (``stale`` ones flagged), failed or left to another
+    runner that had not finished it when this runner ended."""
 
     results_dir: Path
     total: int
@@ -45,33 +51,40 @@ class GridSummary:
     def names(self, outcome: str) -> list[str]:
         return [o.name for o in self.outcomes if o.outcome == outcome]
 
-    @property
-    def failed(self) -> list[RunOutcome]:
-        return [o for o in self.outcomes if o.outcome == "failed"]
+    def of(self, outcome: str) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.outcome == outcome]
 
     @property
-    def damaged(self) -> list[RunOutcome]:
-        return [o for o in self.outcomes if o.outcome == "damaged"]
+    def failed(self) -> list[RunOutcome]:
+        return self.of("failed")
 
     @property
     def exit_code(self) -> int:
-        """1 when any run failed (or was left failed) or is damaged, else 0."""
-        return 1 if self.failed or self.damaged else 0
+        """1 when any run failed (or was left failed) or is still held unfinished by another runner, else 0."""
+        return 1 if self.failed or self.of("busy") else 0
 
     def format(self) -> str:
-        counts = {kind: len(self.names(kind)) for kind in ("done", "skipped", "failed", "busy", "damaged")}
-        damaged = f", damaged {counts['damaged']}" if counts["damaged"] else ""
+        counts = {kind: len(self.names(kind)) for kind in ("done", "skipped", "stale", "failed", "busy")}
+        stale = f"; {counts['stale']} of them stale" if counts["stale"] else ""
         lines = [
             f"grid finished in {self.results_dir}: {self.total} runs; trained {counts['done']}, "
-            f"skipped {counts['skipped']} (already done), failed {counts['failed']}{damaged}, "
+            f"skipped {counts['skipped'] + counts['stale']} (already done{stale}), failed {counts['failed']}, "
             f"left to another runner {counts['busy']}"
         ]
         lines += [f"  failed: {o.name}: {o.error}" for o in self.failed]
-        lines += [f"  damaged: {o.name}: {o.error}" for o in self.damaged]
+        lines += [f"  stale: {o.name}: {o.error.split('; `ablation run')[0]}" for o in self.of("stale")]
+        lines += [f"  not finished by another runner: {o.name}: {o.error}" for o in self.of("busy")]
         if self.failed:
             lines.append("  rerun the same command to retry the failed runs (completed runs are kept)")
-        if self.damaged:
-            lines.append("  a damaged run is not retrained: delete its folder to train it again")
+        if counts["stale"]:
+            lines.append(
+                "  stale runs are kept: `ablation run --rerun-stale` trains them again on today's data"
+            )
+        if counts["busy"]:
+            lines.append(
+                "  runs another runner holds are not finished: rerun this command once it has ended "
+                "(`ablation status` shows the owners; remove the run.lock of a lost machine by hand)"
+            )
         return "\n".join(lines)
 
 
@@ -79,17 +92,15 @@ class GridSummary:
 
 
 def _record_grid(results_dir: Path, names: Iterable[str], spec_name: str | None) -> None:
-    runs = list(dict.fromkeys([*recorded_runs(results_dir), *names]))
-    record = {"runs": runs}
-    if spec_name is not None:
-        previous = []
-        if (results_dir / GRID_FILE).exists():
-            try:
-                previous = read_json_table(results_dir / GRID_FILE).get("specs", [])
-            except AblationError:
-                previous = []
-        previous = [spec for spec in previous if isinstance(spec, str)] if isinstance(previous, list) else []
-        record["specs"] = list(dict.fromkeys([*previous, spec_name]))
+    """Add runs (and the spec's name) to grid.json: a merge, so a grid run with --only never shrinks it.
+
+    Raises:
+        AblationError: a damaged grid.json (:func:`ablation.store.read_grid_record`); it is left as it is.
+    """
+    previous = read_grid_record(results_dir)
+    record = {"runs": list(dict.fromkeys([*previous["runs"], *names]))}
+    if spec_name is not None or previous["specs"]:
+        record["specs"] = list(dict.fromkeys([*previous["specs"], *([spec_name] if spec_name else [])]))
     atomic_write_json(results_dir / GRID_FILE, record)
 
 
@@ -139,6 +150,7 @@ def run_grid(
     cpus_per_run: int = 1,
     pack_size: int | None = None,
     retry_failed: bool = True,
+    rerun_stale: bool = False,
     train_unit: TrainUnit | None = None,
     progress: bool = True,
     spec_name: str | None = None,
@@ -158,13 +170,17 @@ def run_grid(
         pack_size: runs trained together as one pack (see :func:`plan_units`); None (the default, a spec's
             ``"auto"``) picks as many as fit the GPU's memory on a local GPU grid, else 1.
         retry_failed: re-attempt runs that failed before (the default), or leave them failed.
+        rerun_stale: train again done runs whose data or split changed since they ran (their files are moved
+            to ``.replaced/``); by default they are kept and listed as stale.
         train_unit: trains the claimed runs of a unit (contract: :mod:`ablation.grid.execute`); default the
             package's trainer. It must be picklable (a module-level function) for worker processes and Ray.
         progress: show the grid's progress bar (and, in-process, each run's).
         spec_name: recorded in ``grid.json`` beside the run names.
 
     Returns:
-        The summary; ``summary.exit_code`` is 1 when any run failed.
+        The summary; ``summary.exit_code`` is 1 when any run failed or another runner still holds one
+        unfinished. Runs held by a live runner on this host are waited for (and trained here if it leaves
+        them unfinished); runs held from another host cannot be checked and are left to their owner.
 
     Raises:
         AblationError: before any run starts, for a run whose source (``train.init_from``) is neither among
@@ -178,8 +194,10 @@ def run_grid(
     _record_grid(results_dir, names, spec_name)
     summary = GridSummary(results_dir=results_dir, total=len(configs))
     todo = []
+    stale = stale_check()
     for config, name in zip(configs, names):
-        settled = settled_outcome(results_dir, name, retry_failed=True)  # failed runs: decided by the unit
+        # failed runs: decided by the unit
+        settled = settled_outcome(results_dir, name, True, stale, rerun_stale)
         if settled is None:
             todo.append(config)
         else:
@@ -187,6 +205,7 @@ def run_grid(
     pack_size = resolve_pack_size(pack_size, todo, backend, gpus)
     units = plan_units(todo, pack_size)
     bar = _grid_bar(len(configs), len(configs) - len(todo), progress)
+    by_name = dict(zip(names, configs))
 
     def record(outcomes: list[RunOutcome]) -> None:
         summary.outcomes.extend(outcomes)
@@ -194,31 +213,61 @@ def run_grid(
         bar.set_postfix(failed=len(summary.failed), refresh=False)
 
     try:
-        if backend == "ray":
-            run_units_ray(
-                units,
-                results_dir,
-                address=ray_address,
-                cpus_per_run=cpus_per_run,
-                train_unit=train_unit,
-                retry_failed=retry_failed,
-                on_outcomes=record,
-            )
-        else:
-            run_units_local(
-                units,
-                results_dir,
-                workers=workers,
-                gpus=gpus,
-                workers_per_gpu=workers_per_gpu,
-                train_unit=train_unit,
-                retry_failed=retry_failed,
-                progress=progress,
-                on_outcomes=record,
-            )
+        while units:
+            if backend == "ray":
+                run_units_ray(
+                    units,
+                    results_dir,
+                    address=ray_address,
+                    cpus_per_run=cpus_per_run,
+                    train_unit=train_unit,
+                    retry_failed=retry_failed,
+                    rerun_stale=rerun_stale,
+                    on_outcomes=record,
+                )
+            else:
+                run_units_local(
+                    units,
+                    results_dir,
+                    workers=workers,
+                    gpus=gpus,
+                    workers_per_gpu=workers_per_gpu,
+                    train_unit=train_unit,
+                    retry_failed=retry_failed,
+                    rerun_stale=rerun_stale,
+                    progress=progress,
+                    on_outcomes=record,
+                )
+            freed = _await_other_runners(summary, results_dir, bar)
+            bar.update(-len(freed))
+            units = plan_units([by_name[name] for name in freed], pack_size)
     finally:
         bar.close()
     return summary
+
+
+def _await_other_runners(summary: GridSummary, results_dir: Path, bar: Any) -> list[str]:
+    """Wait for the runs other live runners on this host hold; return those they left unfinished and unlocked
+    (their outcomes are dropped from ``summary``: they are to be trained here). Runs held from another host
+    stay ``busy``."""
+    busy = summary.of("busy")
+    waiting = [o.name for o in busy if locks.held_by_live_process(results_dir / o.name)]
+    if waiting:
+        bar.write(f"waiting for {len(waiting)} runs other runners on this host are training", file=sys.stderr)
+    freed = []
+    for outcome in busy:
+        run_dir = results_dir / outcome.name
+        while locks.held_by_live_process(run_dir):
+            time.sleep(WAIT_SECONDS)
+        if locks.is_locked(run_dir):
+            owner = locks.read_owner(run_dir)
+            summary.outcomes[summary.outcomes.index(outcome)] = RunOutcome(
+                outcome.name, "busy", f"held by {owner.describe() if owner else 'an unreadable lock'}"
+            )
+            continue
+        summary.outcomes.remove(outcome)
+        freed.append(outcome.name)
+    return freed
 
 
 def check_results_dir(results_dir: str | Path) -> Path:

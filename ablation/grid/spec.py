@@ -38,14 +38,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from ablation.config import (
     CONNECTORS,
     INTERPOLATIONS,
+    MAX_INT,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -87,6 +89,9 @@ SPEC_KEYS: dict[str, str] = {
 _PLAIN_KEYS = ("description", "seeds", "repeats", "test_time_masks", "interpolation", "model")
 DATASET_KEYS = ("name", "data_root")
 REPLICATE_KEYS = ("seed", "fold", "repeat")
+# The most runs one spec may expand to (docs/grid.md): ~30x the paper's whole study (600 runs), and a grid that
+# still expands and lists in seconds. A larger study is split into several specs sharing one results folder.
+MAX_GRID_RUNS = 20_000
 # Set by the grid's own axes; an override in [model]/[train] would be silently replaced, so it is refused.
 _AXIS_KEYS = {
     "model": {"connector": "connectors", "skips": "subsets"},
@@ -159,11 +164,16 @@ class GridSpec:
         for key in ("name", "out", "datasets", "variants", "seeds", "folds"):
             if not getattr(self, key):
                 raise AblationError(f"{key!r} must not be empty")
+        _check_folder_name(self.name)
+        _check_out(self.out)
         for connector, _ in self.variants:
             check_connector(connector)
         for seed in self.seeds:
-            if seed < 0:
-                raise AblationError(f"'seeds' must be integers >= 0, got {seed}")
+            if not 0 <= seed <= MAX_INT:
+                raise AblationError(f"'seeds' must be integers in 0..2**63 - 1, got {seed}")
+        for key in ("num_folds", "repeats"):
+            if getattr(self, key) > MAX_INT:
+                raise AblationError(f"{key!r} must be at most 2**63 - 1, got {getattr(self, key)}")
         check_interpolation(self.interpolation)
         for key, minimum in (("num_folds", 2), ("repeats", 1)):
             if getattr(self, key) < minimum:
@@ -181,6 +191,7 @@ class GridSpec:
                 f"'repeats' = {self.repeats} needs k-fold 'folds' (repeats re-split the folds)"
             )
         self._check_replicates()
+        self._check_size()
         connectors = dict.fromkeys(connector for connector, _ in self.variants)
         init_from = []
         for connector, value in self.init_from:
@@ -195,8 +206,10 @@ class GridSpec:
     def _check_replicates(self) -> None:
         """Seeds >= 0, folds in range, official and k-fold splits not mixed, no replicate twice."""
         for replicate in self.replicates:
-            if replicate.seed < 0 or replicate.repeat < 0:
-                raise AblationError(f"'replicates': seed and repeat must be integers >= 0, got {replicate}")
+            if not (0 <= replicate.seed <= MAX_INT and 0 <= replicate.repeat <= MAX_INT):
+                raise AblationError(
+                    f"'replicates': seed and repeat must be integers in 0..2**63 - 1, got {replicate}"
+                )
             if replicate.fold is not None and not 0 <= replicate.fold < self.num_folds:
                 raise AblationError(
                     f"'replicates': fold {replicate.fold} out of range for num_folds = {self.num_folds}: "
@@ -216,6 +229,25 @@ class GridSpec:
             return list(self.replicates)
         grid = itertools.product(range(self.repeats), self.folds, self.seeds)
         return [Replicate(seed=seed, fold=fold, repeat=repeat) for repeat, fold, seed in grid]
+
+    def _check_size(self) -> None:
+        """At most :data:`MAX_GRID_RUNS` runs, counted from the axes before anything is expanded."""
+        replicates = (
+            {"replicates": len(self.replicates)}
+            if self.replicates
+            else {
+                "repeats": self.repeats,
+                "folds": len(self.folds),
+                "seeds": len(self.seeds),
+            }
+        )
+        axes = {**replicates, "datasets": len(self.datasets), "connectors x subsets": len(self.variants)}
+        if math.prod(axes.values()) > MAX_GRID_RUNS:
+            sizes = " x ".join(f"{count} {axis}" for axis, count in axes.items())
+            raise AblationError(
+                f"the grid has {math.prod(axes.values())} runs ({sizes}), more than the {MAX_GRID_RUNS} one spec "
+                "may hold: split it into several specs that share one results folder ('out')"
+            )
 
     def expand(self) -> list[RunConfig]:
         """One RunConfig per run, without duplicates, each ``train.init_from`` resolved to a run of the grid.
@@ -308,12 +340,14 @@ def override_spec(grid: GridSpec, overrides: dict[str, Any]) -> GridSpec:
 def check_datasets(
     grid: GridSpec, configs: Sequence[RunConfig] | None = None, *, strict: bool = True
 ) -> list[str]:
-    """Check that every dataset of a spec can be found, before any run starts.
+    """Check that every dataset of a spec can be found and split as asked, before any run starts.
 
     A dataset must be a known name (:data:`ablation.data.DATASETS`) or an existing folder; a named real
     dataset (glas, monuseg) must have its folder under its data root (the entry's ``data_root``, else
     $ABLATION_DATA, else ./data) or its one prepared file at the spec's size in the cache
-    (:func:`ablation.data.prepare.find_prepared_cache`). Resolution is as in training.
+    (:func:`ablation.data.prepare.find_prepared_cache`). Resolution is as in training. With k-fold ``folds``,
+    ``num_folds`` must not exceed the images of a dataset folder's training pool (train + val), counted from its
+    file names (:func:`ablation.data.prepare.split_sizes`).
 
     Args:
         grid: the parsed spec.
@@ -327,7 +361,8 @@ def check_datasets(
     Raises:
         AblationError: naming the spec file and the dataset, where it looked, and the valid names.
     """
-    from ablation.data.prepare import DATASET_FOLDERS, find_prepared_cache, resolve_dataset
+    from ablation.data.prepare import DATASET_FOLDERS, find_prepared_cache, resolve_dataset, split_sizes
+    from ablation.data.splits import check_num_folds
 
     where = grid.source or "spec"
     warnings = []
@@ -349,7 +384,34 @@ def check_datasets(
             if strict or entry.name.lower() not in DATASET_FOLDERS:
                 raise AblationError(f"{where}: {error}") from None
             warnings.append(f"warning: {where}: {error}")
+            continue
+        if any(replicate.fold is not None for replicate in grid.replicate_list()):
+            try:
+                sizes = split_sizes(entry.name, entry.data_root)
+                check_num_folds(grid.num_folds, sizes["train"] + sizes.get("val", 0), setting="'folds'")
+            except AblationError as error:
+                raise AblationError(f"{where}: dataset {entry.name!r}: {error}") from None
     return warnings
+
+
+def _check_folder_name(name: str) -> None:
+    """A spec's ``name`` names its results folder (``results/<name>``): one plain folder name."""
+    if name in (".", "..") or any(sep in name for sep in ("/", "\\", "\0")) or name.startswith("."):
+        raise AblationError(
+            f"'name' {name!r} must be a plain folder name (no '/', '..' or leading '.'): it names the results "
+            "folder results/<name>"
+        )
+
+
+def _check_out(out: str) -> None:
+    """A spec's ``out`` stays below the working folder: relative, without ``..``. A results folder elsewhere is
+    chosen on the command line (``--out``/``--storage``), not by a spec file that may come from someone else."""
+    path = PurePath(out)
+    if path.is_absolute() or ".." in path.parts or out.startswith("~"):
+        raise AblationError(
+            f"'out' {out!r} must be a relative folder without '..' (results/<name> by default); give a folder "
+            "elsewhere with --out on the command line"
+        )
 
 
 # the keys that take several forms ------------------------------------------------------------------------------
@@ -444,7 +506,7 @@ def _variants(connectors: Any, subsets: Any) -> list[tuple[str, str]]:
         connectors = list(subsets) if isinstance(subsets, dict) else ["unet"]
     names = list(dict.fromkeys(check_connector(c) for c in _listed({"connectors": connectors}, "connectors")))
     if not isinstance(subsets, dict):
-        selection = expand_subsets(subsets)
+        selection = _subsets(subsets, "subsets")
         return [(name, skips) for name in names for skips in selection]
     for key in subsets:
         if key not in names:
@@ -454,7 +516,19 @@ def _variants(connectors: Any, subsets: Any) -> list[tuple[str, str]]:
     missing = [name for name in names if name not in subsets]
     if missing:
         raise AblationError(f"'subsets' has no entry for connector {missing[0]!r}")
-    return [(name, skips) for name in names for skips in expand_subsets(subsets[name])]
+    return [(name, skips) for name in names for skips in _subsets(subsets[name], f"subsets.{name}")]
+
+
+def _subsets(selection: Any, key: str) -> list[str]:
+    """The skip subsets of a ``subsets`` value (or a connector's entry), naming ``key`` when it is bad."""
+    if isinstance(selection, list) and not selection:
+        raise AblationError(
+            f"{key!r} is an empty list: give 'all', 'paper' or a list of skip subsets such as ['1011', 'none']"
+        )
+    try:
+        return expand_subsets(selection)
+    except AblationError as error:
+        raise AblationError(f"{key!r}: {error}") from None
 
 
 def _folds(value: Any, num_folds: Any) -> tuple[Any, Any]:
