@@ -214,6 +214,9 @@ def test_atomic_writes_and_json_errors(tmp_path: Path) -> None:
 
 
 def test_run_status_reads_damaged_files(tmp_path: Path) -> None:
+    config = RunConfig()
+    tmp_path = tmp_path / run_name(config)  # a done run's folder is named after it
+    tmp_path.mkdir()
     assert run_status(tmp_path) == "pending"
     (tmp_path / STATUS_FILE).write_text("[1]")
     assert read_run_state(tmp_path)[:2] == ("damaged", f"cannot read {tmp_path / STATUS_FILE}: expected a JSON "
@@ -224,11 +227,12 @@ def test_run_status_reads_damaged_files(tmp_path: Path) -> None:
     assert read_run_state(tmp_path)[:2] == ("failed", "non-finite loss at epoch 3")
     (tmp_path / "metrics.json").write_text("{}")  # finished, but config.json and test_metrics.csv are missing
     assert run_status(tmp_path) == "damaged"
-    atomic_write_json(tmp_path / "config.json", {"run_id": "x"})
+    atomic_write_json(tmp_path / "config.json", {"run_id": run_id(config)})
     (tmp_path / "test_metrics.csv").write_text("image,dice,iou\na,0.5,0.4\n")
     assert read_run_state(tmp_path)[:2] == ("damaged", f"{tmp_path / 'metrics.json'}: missing key 'status'")
     numbers = dict.fromkeys(METRICS_KEYS, 0)  # every key, then the ones that are not integers
-    numbers.update(status="done", run_id="x", run_name="r", dataset="d", connector="unet", skips="1111")
+    numbers.update(status="done", run_id=run_id(config), run_name=tmp_path.name, dataset=config.dataset)
+    numbers.update(connector="unet", skips="1111")
     atomic_write_json(
         tmp_path / "metrics.json", {**numbers, "fold": None, "stopped_early": False, "device": "cpu"}
     )

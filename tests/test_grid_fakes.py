@@ -45,8 +45,9 @@ def _enter(out_dir: Path, size: int) -> None:
     (out_dir / f"{ENTRY_PREFIX}{os.getpid()}-{time.time_ns()}-k{size}").touch()
 
 
-def _train_one(config: RunConfig, out_dir: Path, device: str | None) -> dict:
-    write_run_config(out_dir, config, {"device": device or "cpu"})
+def _train_one(config: RunConfig, out_dir: Path, device: str | None, config_written: bool = False) -> dict:
+    if not config_written:
+        write_run_config(out_dir, config, {"device": device or "cpu"})
     write_status(out_dir, "running", epoch=0)
     time.sleep(float(os.environ.get("GRID_TEST_SLEEP", "0.02")))
     metrics = {  # every key of store.METRICS_KEYS, with the types a report validates
@@ -74,6 +75,27 @@ def fake_train(
     for config, out_dir in zip(configs, dirs):
         _enter(Path(out_dir), len(configs))
         _train_one(config, Path(out_dir), device)
+
+
+def recording_train(
+    configs: Sequence[RunConfig], dirs: Sequence[Path], *, device: str | None = None, progress: bool = False
+) -> None:
+    """Like fake_train, but config.json is written as the engine writes it (store.write_run_config, its env with
+    the dataset fingerprint and the run's splits, from the real data functions), so staleness can be checked."""
+    from ablation.data import load_prepared, run_splits
+
+    for config, out_dir in zip(configs, dirs):
+        _enter(Path(out_dir), len(configs))
+        prepared = load_prepared(
+            config.dataset,
+            img_size=config.model.img_size,
+            data_root=config.data_root,
+            interpolation=config.interpolation,
+        )
+        *_, record = run_splits(prepared, fold=config.fold, repeat=config.repeat, num_folds=config.num_folds)
+        env = {"device": "cpu", "dataset_fingerprint": prepared.fingerprint, "splits": record}
+        write_run_config(out_dir, config, env)
+        _train_one(config, Path(out_dir), device, config_written=True)
 
 
 def failing_train(

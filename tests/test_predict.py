@@ -365,7 +365,7 @@ def test_study_picks_the_subset_with_the_best_validation_dice(
     assert [entry["skips"] for entry in choice.subsets] == ["1100", "1111", "0011"]
     assert choice.subsets[0]["val_dice_mean"] == pytest.approx(0.80) and choice.subsets[0]["replicates"] == 2
     assert len(choice.left_out) == 2 and "best_val_dice" in choice.left_out[1]
-    assert "_unet_1110_" in choice.left_out[0] and "not a run config" in choice.left_out[0]
+    assert "_unet_1110_" in choice.left_out[0] and "the folder name says skips 1110" in choice.left_out[0]
 
     out = tmp_path / "out"
     args = ["predict", "--study", str(results), "--dataset", "synthetic-nuclei", "--connector", "unet"]

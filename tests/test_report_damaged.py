@@ -10,6 +10,7 @@ import pytest
 from fake_results import make_fake_results
 
 from ablation.cli import main
+from ablation.errors import AblationError
 from ablation.grid import grid_status
 from ablation.report import write_report
 from ablation.report.load import load_results
@@ -85,8 +86,9 @@ def test_grid_json_sets_the_expected_runs(tmp_path: Path):
     ]
     (root / "grid.json").write_text(json.dumps({"runs": names}))
     assert load_results(root).missing.empty
-    (root / "grid.json").write_text("{broken")  # unreadable: back to inferring the grid
-    assert len(load_results(root).missing) == 8
+    (root / "grid.json").write_text("{broken")  # damaged: an error naming it, never a silently other grid
+    with pytest.raises(AblationError, match=r"grid.json is damaged .*repair or delete it"):
+        load_results(root)
 
 
 def test_report_out_that_is_a_file_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -22,12 +22,16 @@ def test_writers_make_a_done_run_folder(tmp_path: Path) -> None:
     config = RunConfig(seed=3)
     run_dir = tmp_path / store.run_name(config)
     store.write_run_config(run_dir, config, {"device": "cpu"})
-    store.write_run_config(run_dir, config, {"device": "other"})  # a resumed run keeps its original record
+    store.write_run_config(run_dir, config, {"device": "other"})  # started again from epoch 0: today's record
+    assert read_json(run_dir / store.CONFIG_FILE)["env"]["device"] == "other"
+    (run_dir / store.LAST_CHECKPOINT).write_bytes(b"")
+    store.write_run_config(run_dir, config, {"device": "third"})  # a resumed run keeps its original record
+    (run_dir / store.LAST_CHECKPOINT).unlink()
     recorded = read_json(run_dir / store.CONFIG_FILE)
     assert (
         recorded["run_id"] == store.run_id(config)
         and recorded["seed"] == 3
-        and recorded["env"]["device"] == "cpu"
+        and recorded["env"]["device"] == "other"
     )
     with pytest.raises(AblationError, match="belongs to run"):
         store.write_run_config(run_dir, RunConfig(seed=4), {})
@@ -44,7 +48,7 @@ def test_writers_make_a_done_run_folder(tmp_path: Path) -> None:
     store.write_image_metrics(run_dir / store.TEST_METRICS_FILE, [{"image": "a", "dice": 0.5, "iou": 0.3}])
     store.write_image_metrics(tmp_path / "empty.csv", [])
     assert (tmp_path / "empty.csv").read_text() == "image\n"
-    metrics = {key: 0 for key in store.METRICS_KEYS}
+    metrics = {key: 0 for key in store.METRICS_KEYS} | {"seed": 3}
     with pytest.raises(ValueError, match="lacks dice_mean"):
         store.write_metrics(run_dir, {k: v for k, v in metrics.items() if k != "dice_mean"})
     assert store.run_status(run_dir) == "pending"
