@@ -26,7 +26,7 @@ from typing import Any
 
 from ablation.config import RunConfig
 from ablation.errors import AblationError
-from ablation.store import METRICS_FILE, read_run_config, run_name
+from ablation.store import METRICS_FILE, read_run_config, read_run_state, run_name
 
 # What a source shares with the runs that start from it (dotted RunConfig keys).
 SHARED_SETTINGS = (
@@ -171,8 +171,10 @@ def check_source(config: RunConfig, run_dir: str | Path) -> tuple[Path, dict[str
     if folder is None:
         raise AblationError(f"run {run_label(config)} starts from random weights (no train.init_from)")
     what = f"source run {folder} (train.init_from {config.train.init_from!r})"
-    if not (folder / METRICS_FILE).exists():
-        raise AblationError(f"{what} is not done (no {METRICS_FILE}): train it first")
+    status, detail, _ = read_run_state(folder)  # done only when its files prove it
+    if status != "done":
+        reason = f"no {METRICS_FILE}" if status != "damaged" else f"damaged: {detail}"
+        raise AblationError(f"{what} is not done ({reason}): train it first")
     source, record = read_run_config(folder)
     if run_name(source) != folder.name:
         raise AblationError(f"{what}: its config.json is of run {run_name(source)}, not of that folder")

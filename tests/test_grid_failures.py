@@ -31,7 +31,7 @@ from ablation.store import (
     checkpoint_problem,
     read_run_state,
     run_name,
-    write_metrics,
+    write_image_metrics,
     write_status,
 )
 
@@ -125,8 +125,8 @@ def test_a_full_disk_names_the_file_being_written(tmp_path: Path, monkeypatch: p
     for write, name in (
         (lambda: write_status(tmp_path, "running"), STATUS_FILE),
         (
-            lambda: write_metrics(tmp_path, dict.fromkeys(__import__("ablation.store").store.METRICS_KEYS)),
-            "metrics",
+            lambda: write_image_metrics(tmp_path / "test_metrics.csv", [{"image": "a", "dice": 0.5}]),
+            "test_metrics",
         ),
         (lambda: ablation_io.atomic_write_bytes(tmp_path / "checkpoint_last.pt", b"x"), "checkpoint_last.pt"),
     ):
