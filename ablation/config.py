@@ -103,6 +103,10 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # The largest integer setting: seeds and every other integer fit a signed 64-bit integer, as TOML integers, the
 # report's int64 columns and torch's generators hold them (a larger seed would fail late, in the middle of a grid).
 MAX_INT = 2**63 - 1
+# Network sizes beyond which one image or one layer no longer fits any accelerator's memory: 18x the paper's
+# 224 px and 16x its base width of 64. Larger values would fail only once memory runs out, mid-grid.
+MAX_IMG_SIZE = 4096
+MAX_BASE_CHANNELS = 1024
 PACK_CONVS = ("grouped", "per_variant")  # how a fused pack runs its 3x3 convolutions (ablation.models.fused)
 INTERPOLATIONS = ("reference", "bilinear", "bicubic")  # see ablation.data.prepare
 
@@ -219,12 +223,14 @@ class ModelConfig:
             )
         for size in self.patch_sizes:
             _check_range("model.patch_sizes", size, minimum=1)
-        if self.img_size < 16 or self.img_size % 16:
+        if not 16 <= self.img_size <= MAX_IMG_SIZE or self.img_size % 16:
             raise AblationError(
-                f"model.img_size {self.img_size} must be a positive multiple of 16 (four 2x poolings)"
+                f"model.img_size {_shown(self.img_size)} must be a multiple of 16 (four 2x poolings) in "
+                f"16..{MAX_IMG_SIZE}"
             )
         for key in ("in_channels", "num_classes", "base_channels", "num_heads", "num_layers", "expand_ratio"):
             _check_range(f"model.{key}", getattr(self, key), minimum=1)
+        _check_range("model.base_channels", self.base_channels, maximum=MAX_BASE_CHANNELS)
         for key in ("embedding_dropout", "attention_dropout", "mlp_dropout"):
             _check_range(f"model.{key}", getattr(self, key), minimum=0.0, below=1.0)
 

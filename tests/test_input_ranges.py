@@ -165,6 +165,28 @@ def test_integer_settings_are_bounded_everywhere():
     assert RunConfig(seed=MAX_INT).seed == MAX_INT
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["models", "--img-size", "1000000"],
+        ["models", "--base-channels", "100000"],
+        ["data", "info", "--root", "synthetic-nuclei", "--img-size", "99999999"],
+        ["train", "--dataset", "synthetic-nuclei", "--img-size", "409600"],
+        ["report", "{results}", "--n-boot", str(10**9)],
+    ],
+    ids=["models-size", "models-width", "data-size", "train-size", "n-boot"],
+)
+def test_sizes_that_could_never_fit_in_memory_are_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+):
+    argv = [arg.replace("{results}", str(tmp_path)) for arg in argv]
+    err = _fails([*argv, *(["--out", str(tmp_path / "o")] if argv[0] == "train" else [])], capsys)
+    assert "must be" in err and (
+        "16..4096" in err or "<= 1024" in err or "8..4096" in err or "100..100000" in err
+    )
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_huge_grid_is_refused_at_once_naming_its_axes(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     with pytest.raises(AblationError, match=f"more than the {MAX_GRID_RUNS} one spec may hold"):
         load_spec({**TINY, "folds": 5, "repeats": 10**9})

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ablation.config import MAX_IMG_SIZE
 from ablation.data import readers, synthetic
 from ablation.errors import AblationError
 from ablation.io import atomic_write_bytes, fingerprint_files, stable_hash
@@ -188,8 +189,8 @@ def load_prepared(
         raise AblationError(
             f"unknown interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}"
         )
-    if not isinstance(img_size, int) or img_size < 8:
-        raise AblationError(f"img_size must be an integer of at least 8, got {img_size!r}")
+    if not isinstance(img_size, int) or not 8 <= img_size <= MAX_IMG_SIZE:
+        raise AblationError(f"img_size must be an integer in 8..{MAX_IMG_SIZE}, got {img_size!r}")
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     check_cache_dir(cache_root)
     try:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+# Bootstrap resamples are held in memory at once (resamples x test images): 10^5 is already far past where the
+# confidence intervals stop moving.
+MAX_BOOTSTRAP = 100_000
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -24,8 +28,8 @@ def _report(args: argparse.Namespace) -> int:
     from ablation.errors import AblationError
     from ablation.report import write_report
 
-    if args.n_boot < 100:
-        raise AblationError(f"--n-boot must be at least 100, got {args.n_boot}")
+    if not 100 <= args.n_boot <= MAX_BOOTSTRAP:
+        raise AblationError(f"--n-boot must be in 100..{MAX_BOOTSTRAP}, got {args.n_boot}")
     out = write_report(args.results_dir, args.out, n_boot=args.n_boot)
     print(f"report written to {out} (index: {out / 'README.md'})")
     return 0
