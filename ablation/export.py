@@ -4,7 +4,7 @@ This is how results leave a cluster or a borrowed GPU machine. The archive holds
 results folder, in sorted order:
 
 - every **done** run (metrics.json exists and the files a report needs are sound, as
-  :func:`ablation.store.read_run_state` decides): config.json, status.json, history.csv, test_metrics.csv,
+  :func:`ablation.store.state.read_run_state` decides): config.json, status.json, history.csv, test_metrics.csv,
   masked_metrics.csv (when present) and metrics.json;
 - predictions.npz only for the runs the report's qualitative figure shows (:func:`_figure_runs`);
 - every **failed** run's config.json and status.json, so the report lists the failure and its reason;
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ablation.errors import AblationError
 from ablation.io import atomic_write_bytes, read_json_table
-from ablation.store import (
+from ablation.store.layout import (
     CONFIG_FILE,
     GRID_FILE,
     HISTORY_FILE,
@@ -42,8 +42,8 @@ from ablation.store import (
     STATUS_FILE,
     TEST_METRICS_FILE,
     find_runs,
-    read_run_state,
 )
+from ablation.store.state import read_run_state
 
 DONE_FILES = (CONFIG_FILE, STATUS_FILE, HISTORY_FILE, TEST_METRICS_FILE, MASKED_METRICS_FILE, METRICS_FILE)
 FAILED_FILES = (CONFIG_FILE, STATUS_FILE)

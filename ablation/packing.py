@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from ablation.config import CONNECTORS, RunConfig, to_dict
 from ablation.errors import AblationError
 from ablation.skips import NUM_SKIPS
-from ablation.store import run_id
+from ablation.store.layout import run_id
 
 # Connectors whose skips can be zeroed instead of removed without changing the function (Connector.maskable).
 MASKABLE_CONNECTORS = tuple(name for name, connector in CONNECTORS.items() if connector.maskable)

@@ -26,7 +26,9 @@ from typing import Any
 
 from ablation.config import RunConfig
 from ablation.errors import AblationError
-from ablation.store import METRICS_FILE, read_run_config, read_run_state, run_name
+from ablation.store.layout import METRICS_FILE, run_name
+from ablation.store.readers import read_run_config
+from ablation.store.state import read_run_state
 
 # What a source shares with the runs that start from it (dotted RunConfig keys).
 SHARED_SETTINGS = (

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ablation.config import ModelConfig, RunConfig, TrainConfig
-from ablation.store import HISTORY_FILE
+from ablation.store.layout import HISTORY_FILE
 from ablation.train.engine import train_run
 
 

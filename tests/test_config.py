@@ -30,7 +30,8 @@ from ablation.skips import (
     skip_flags,
     skip_label,
 )
-from ablation.store import METRICS_KEYS, STATUS_FILE, read_run_state, run_id, run_name, run_status, split_name
+from ablation.store.layout import METRICS_KEYS, STATUS_FILE, run_id, run_name, split_name
+from ablation.store.state import read_run_state, run_status
 
 
 @pytest.mark.parametrize(

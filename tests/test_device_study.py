@@ -23,7 +23,7 @@ from ablation.errors import AblationError
 from ablation.grid import expand_spec, load_spec
 from ablation.grid.spec import check_datasets, override_spec
 from ablation.io import read_json
-from ablation.store import run_name
+from ablation.store.layout import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = ROOT / "experiments" / "device"

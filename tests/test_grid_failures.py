@@ -23,17 +23,9 @@ from ablation import io as ablation_io
 from ablation.cli import main
 from ablation.errors import AblationError
 from ablation.grid import expand_spec, grid_status, run_grid
-from ablation.store import (
-    LAST_CHECKPOINT,
-    REPLACED_DIR,
-    STATUS_FILE,
-    append_history,
-    checkpoint_problem,
-    read_run_state,
-    run_name,
-    write_image_metrics,
-    write_status,
-)
+from ablation.store.layout import LAST_CHECKPOINT, REPLACED_DIR, STATUS_FILE, run_name
+from ablation.store.state import checkpoint_problem, read_run_state
+from ablation.store.writers import append_history, write_image_metrics, write_status
 
 TESTS = Path(__file__).resolve().parent
 SPEC = {

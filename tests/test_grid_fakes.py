@@ -17,14 +17,8 @@ from pathlib import Path
 
 from ablation.config import RunConfig
 from ablation.errors import AblationError
-from ablation.store import (
-    TEST_METRICS_FILE,
-    run_id,
-    write_image_metrics,
-    write_metrics,
-    write_run_config,
-    write_status,
-)
+from ablation.store.layout import TEST_METRICS_FILE, run_id
+from ablation.store.writers import write_image_metrics, write_metrics, write_run_config, write_status
 
 ENTRY_PREFIX = "entered-"
 

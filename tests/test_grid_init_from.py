@@ -18,7 +18,8 @@ from ablation.grid import expand_spec, grid_status, plan_units, run_grid
 from ablation.grid.order import UnitOrder
 from ablation.packing import can_pack
 from ablation.sources import resolve_sources
-from ablation.store import METRICS_FILE, read_status, run_name
+from ablation.store.layout import METRICS_FILE, run_name
+from ablation.store.state import read_run_state
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SPEC = {
@@ -76,7 +77,7 @@ def test_a_failed_source_fails_its_dependents_with_a_reason_naming_it(tmp_path: 
             f"source run {config.train.init_from_run} (train.init_from 'unet/1111') is failed: "
             "ValueError: synthetic failure of a source"
         )
-        assert read_status(run_dir)["status"] == f"failed: {outcome.error}"
+        assert read_run_state(run_dir)[2]["status"] == f"failed: {outcome.error}"
         assert entries(run_dir) == 0, "a run whose source failed is not trained"
     # Rerun: the sources are retried first, then their dependents.
     again = run_grid(configs, tmp_path, train_unit=fake_train, progress=False)

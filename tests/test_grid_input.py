@@ -14,7 +14,7 @@ from ablation.errors import AblationError
 from ablation.grid import expand_spec, grid_status, load_spec, run_grid
 from ablation.grid.filters import select_names
 from ablation.grid.spec import check_datasets
-from ablation.store import name_fields, run_name
+from ablation.store.layout import name_fields, run_name
 
 TINY_TOML = (
     'datasets = ["synthetic-nuclei"]\nsubsets = ["none", "all"]\n'

@@ -19,7 +19,7 @@ from ablation.cli import main
 from ablation.errors import AblationError
 from ablation.grid import expand_spec, grid_status, load_spec, locks, run_grid, select_runs
 from ablation.report.load import load_results
-from ablation.store import GRID_FILE, run_dir_in, run_name
+from ablation.store.layout import GRID_FILE, run_dir_in, run_name
 
 SPEC = {
     "datasets": ["synthetic-nuclei"],

@@ -19,7 +19,8 @@ from ablation.grid import expand_spec, grid_status, locks, run_grid
 from ablation.grid.runner import plan_units, resolve_pack_size
 from ablation.grid.spec import load_spec
 from ablation.packing import MAX_AUTO_PACK, auto_pack_size, can_pack, estimated_variant_bytes
-from ablation.store import read_status, run_name, run_status
+from ablation.store.layout import run_name
+from ablation.store.state import read_run_state, run_status
 
 GIB = 1024**3
 
@@ -162,7 +163,7 @@ def test_packed_units_claim_train_and_record_run_by_run(tmp_path: Path) -> None:
     assert summary.names("skipped") == [dirs[1].name] and summary.names("busy") == [dirs[2].name]
     (failed,) = summary.failed
     assert failed.name == dirs[0].name and failed.error == "ValueError: synthetic failure in the no-skip run"
-    assert "Traceback" in read_status(dirs[0])["traceback"]
+    assert "Traceback" in read_run_state(dirs[0])[2]["traceback"]
     assert sorted(summary.names("done")) == sorted(d.name for d in dirs[3:])
     assert [unit_sizes(d) for d in dirs] == [[2], [1], [], [2], [2], [2]], "the claimed runs train together"
     assert summary.exit_code == 1 and not list(tmp_path.rglob(".*.tmp"))
@@ -186,7 +187,7 @@ def test_a_diverged_variant_keeps_its_own_reason_and_the_pack_goes_on(tmp_path: 
     summary = run_grid(configs, tmp_path, pack_size=3, train_unit=diverging_train, progress=False)
     (failed,) = summary.failed
     assert (failed.name, failed.error) == (run_name(configs[0]), "non-finite loss at epoch 2")
-    assert read_status(tmp_path / failed.name)["status"] == "failed: non-finite loss at epoch 2"
+    assert read_run_state(tmp_path / failed.name)[2]["status"] == "failed: non-finite loss at epoch 2"
     assert len(summary.names("done")) == 2 and unit_sizes(tmp_path / failed.name) == [3]
 
 

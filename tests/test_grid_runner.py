@@ -24,7 +24,8 @@ from test_grid_fakes import (
 from ablation.cli import main
 from ablation.grid import execute_unit, expand_spec, grid_status, locks, plan_units, run_grid
 from ablation.grid.local import worker_devices
-from ablation.store import read_status, run_name
+from ablation.store.layout import run_name
+from ablation.store.state import read_run_state
 
 TESTS = Path(__file__).resolve().parent
 SPEC = {
@@ -58,7 +59,7 @@ def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path: Path, capsys: py
     assert len(summary.names("done")) == 3
     (failed,) = summary.failed
     assert failed.error == "ValueError: synthetic failure in the no-skip run"
-    status = read_status(tmp_path / failed.name)
+    status = read_run_state(tmp_path / failed.name)[2]
     assert status["status"] == "failed: ValueError: synthetic failure in the no-skip run"
     assert "Traceback" in status["traceback"]
     assert "failed: " + failed.name in summary.format()
@@ -80,7 +81,7 @@ def test_run_function_failure_status_is_kept(tmp_path: Path):
     summary = run_grid(configs, tmp_path, train_unit=self_failing_train, progress=False)
     (failed,) = summary.failed
     assert failed.error == "non-finite loss at epoch 3"
-    assert read_status(tmp_path / failed.name)["status"] == "failed: non-finite loss at epoch 3"
+    assert read_run_state(tmp_path / failed.name)[2]["status"] == "failed: non-finite loss at epoch 3"
 
 
 def test_run_without_metrics_is_not_done(tmp_path: Path):
@@ -171,7 +172,7 @@ def test_worker_processes_pin_gpus_and_survive_a_dead_worker(tmp_path: Path):
     summary = run_grid(configs, tmp_path, gpus=["7", "9"], train_unit=crashing_train, progress=False)
     (failed,) = summary.failed
     assert failed.name == run_name(configs[0]) and "worker process died with exit code -9" in failed.error
-    assert read_status(tmp_path / failed.name)["status"].startswith("failed: worker process died")
+    assert read_run_state(tmp_path / failed.name)[2]["status"].startswith("failed: worker process died")
     assert not locks.lock_path(tmp_path / failed.name).exists()
     assert len(summary.names("done")) == 3
     for name in summary.names("done"):

@@ -10,7 +10,7 @@ from ablation.cli import main
 from ablation.errors import AblationError
 from ablation.grid import expand_spec, load_spec, select_runs
 from ablation.skips import ALL_SUBSETS
-from ablation.store import run_name
+from ablation.store.layout import run_name
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 TINY = {

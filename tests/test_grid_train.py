@@ -15,7 +15,8 @@ import pytest
 
 from ablation.grid import expand_spec, grid_status, run_grid
 from ablation.grid.locks import LOCK_FILE
-from ablation.store import MASKED_METRICS_FILE, METRICS_FILE, read_status, run_name
+from ablation.store.layout import MASKED_METRICS_FILE, METRICS_FILE, run_name
+from ablation.store.state import read_run_state
 
 TINY_TOML = """
 datasets = ["synthetic-nuclei"]
@@ -109,7 +110,7 @@ def test_real_failure_is_isolated_and_test_time_masks_are_written(tmp_path: Path
     assert {o.name.split("_")[0] for o in summary.failed} == {"no-such-dataset"}
     assert len(summary.failed) == 2 and len(summary.names("done")) == 2
     for outcome in summary.failed:
-        assert "no-such-dataset" in read_status(tmp_path / "results" / outcome.name)["status"]
+        assert "no-such-dataset" in read_run_state(tmp_path / "results" / outcome.name)[2]["status"]
     (all_skips,) = [c for c in configs if c.dataset == "synthetic-glands" and c.model.skips == "1111"]
     masked = (tmp_path / "results" / run_name(all_skips) / MASKED_METRICS_FILE).read_text().splitlines()
     assert masked[0].startswith("eval_skips,image,dice")

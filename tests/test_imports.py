@@ -41,6 +41,10 @@ LAYERS: dict[str, int] = {
 }
 SHARED = [
     "ablation.store",
+    "ablation.store.layout",
+    "ablation.store.readers",
+    "ablation.store.writers",
+    "ablation.store.state",
     "ablation.config",
     "ablation.skips",
     "ablation.io",

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablation import store
 from ablation.cli import main
 from ablation.config import ModelConfig, RunConfig, TrainConfig
 from ablation.errors import AblationError
@@ -21,6 +20,7 @@ from ablation.grid import expand_spec, plan_units, run_grid
 from ablation.io import read_json
 from ablation.models import build_model
 from ablation.sources import resolve_sources
+from ablation.store import layout
 from ablation.train import run_folder
 from ablation.train.checkpoint import copy_matching_weights
 from ablation.train.engine import train_run
@@ -103,7 +103,7 @@ def _run(connector: str, seed: int = 0, fold: int | None = None, **train: object
 
 def _parameters(run_dir: Path, config: RunConfig) -> dict[str, torch.Tensor]:
     names = {name for name, _ in build_model(config.model).named_parameters()}
-    weights = torch.load(run_dir / store.BEST_CHECKPOINT, weights_only=True)["model"]
+    weights = torch.load(run_dir / layout.BEST_CHECKPOINT, weights_only=True)["model"]
     return {name: tensor for name, tensor in weights.items() if name in names}
 
 
@@ -119,20 +119,20 @@ def test_grid_starts_each_packed_run_from_its_own_source(tmp_path: Path) -> None
     summary = run_grid(configs, tmp_path, pack_size=2, progress=False)  # 2 U-Nets, then 2 UCTransNets, packed
     assert summary.exit_code == 0 and len(summary.names("done")) == 4
     for config in configs[2:]:
-        run_dir = tmp_path / store.run_name(config)
-        record = read_json(run_dir / store.CONFIG_FILE)
+        run_dir = tmp_path / layout.run_name(config)
+        record = read_json(run_dir / layout.CONFIG_FILE)
         source = sources[config.seed]
         assert record["train"]["init_from"] == "unet/1111"
-        assert record["train"]["init_from_run"] == store.run_name(source)
-        assert record["init_weights"]["run_id"] == store.run_id(source)
-        assert record["init_weights"]["run_name"] == store.run_name(source)
+        assert record["train"]["init_from_run"] == layout.run_name(source)
+        assert record["init_weights"]["run_id"] == layout.run_id(source)
+        assert record["init_weights"]["run_name"] == layout.run_name(source)
         assert (
             record["init_weights"]["copied_tensors"] == 121 and len(record["init_weights"]["not_copied"]) > 0
         )
 
         own = _parameters(run_dir, config)
-        mine = _parameters(tmp_path / store.run_name(source), source)
-        other = _parameters(tmp_path / store.run_name(sources[1 - config.seed]), source)
+        mine = _parameters(tmp_path / layout.run_name(source), source)
+        other = _parameters(tmp_path / layout.run_name(sources[1 - config.seed]), source)
         torch.manual_seed(config.seed)
         fresh = dict(build_model(config.model).named_parameters())
         for name, tensor in own.items():
@@ -148,11 +148,11 @@ def test_resuming_never_copies_again(tmp_path: Path, monkeypatch: pytest.MonkeyP
     configs = expand_spec({**_spec(), "replicates": [{"seed": 0, "fold": 0}]})
     assert run_grid(configs, tmp_path, progress=False).exit_code == 0
     source, dependent = configs
-    run_dir = tmp_path / store.run_name(dependent)
-    metrics = read_json(run_dir / store.METRICS_FILE)
+    run_dir = tmp_path / layout.run_name(dependent)
+    metrics = read_json(run_dir / layout.METRICS_FILE)
     # Killed after its last checkpoint: it resumes from checkpoint_last.pt, without its source.
-    (run_dir / store.METRICS_FILE).unlink()
-    for path in (tmp_path / store.run_name(source)).iterdir():
+    (run_dir / layout.METRICS_FILE).unlink()
+    for path in (tmp_path / layout.run_name(source)).iterdir():
         path.unlink()
 
     def refuse(*args: object, **kwargs: object) -> None:
@@ -165,8 +165,8 @@ def test_resuming_never_copies_again(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_a_source_that_is_not_done_fails_the_fresh_start(tmp_path: Path) -> None:
     source, dependent = expand_spec({**_spec(), "replicates": [{"seed": 0, "fold": 0}]})
-    with pytest.raises(AblationError, match=f"source run .*{store.run_name(source)}.* is not done"):
-        train_run(dependent, tmp_path / store.run_name(dependent), progress=False)
+    with pytest.raises(AblationError, match=f"source run .*{layout.run_name(source)}.* is not done"):
+        train_run(dependent, tmp_path / layout.run_name(dependent), progress=False)
 
 
 def test_identity_follows_the_source() -> None:
@@ -174,13 +174,13 @@ def test_identity_follows_the_source() -> None:
     first = resolve_sources([_run("unet"), dependent])[1]
     again = resolve_sources([dependent, _run("unet")])[0]
     longer = resolve_sources([_run("unet", max_epochs=2), dependent])[1]
-    assert store.run_id(first) == store.run_id(again)
-    assert store.run_id(first) != store.run_id(longer)  # same own settings, another source: another run
-    assert longer.train.init_from_run == store.run_name(_run("unet", max_epochs=2))
+    assert layout.run_id(first) == layout.run_id(again)
+    assert layout.run_id(first) != layout.run_id(longer)  # same own settings, another source: another run
+    assert longer.train.init_from_run == layout.run_name(_run("unet", max_epochs=2))
     random_start = resolve_sources([_run("uctransnet")])[0]
-    assert store.run_id(random_start) != store.run_id(first)
+    assert layout.run_id(random_start) != layout.run_id(first)
     # Runs from random weights keep the ids they had before train.init_from existed.
-    assert store.run_name(RunConfig(dataset="glas", fold=0)) == "glas_unet_1111_s0_r0f0_10819212"
+    assert layout.run_name(RunConfig(dataset="glas", fold=0)) == "glas_unet_1111_s0_r0f0_10819212"
 
 
 def test_cli_train_init_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,12 +191,12 @@ def test_cli_train_init_from(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "train.init_from 'unet/1111' names no run in" in error
     assert main([*base, "--connector", "unet"]) == 0
-    (source_dir,) = store.find_runs(out)
+    (source_dir,) = layout.find_runs(out)
     assert main([*base, "--connector", "cca", "--init-from", "unet/L1+L2+L3+L4"]) == 0
     assert main([*base, "--connector", "cct", "--init-from", str(source_dir)]) == 0
     for connector in ("cca", "cct"):
-        (run_dir,) = [d for d in store.find_runs(out) if f"_{connector}_" in d.name]
-        record = read_json(run_dir / store.CONFIG_FILE)
+        (run_dir,) = [d for d in layout.find_runs(out) if f"_{connector}_" in d.name]
+        record = read_json(run_dir / layout.CONFIG_FILE)
         assert record["train"]["init_from"] == "unet/1111"
         assert record["train"]["init_from_run"] == source_dir.name == record["init_weights"]["run_name"]
     capsys.readouterr()
@@ -210,10 +210,10 @@ def test_cli_train_init_from(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_a_source_split_differently_is_refused(tmp_path: Path) -> None:
     source, dependent = resolve_sources([_run("unet"), _run("cca", init_from="unet/1111")])
-    train_run(source, tmp_path / store.run_name(source), progress=False)
-    config_file = tmp_path / store.run_name(source) / store.CONFIG_FILE
+    train_run(source, tmp_path / layout.run_name(source), progress=False)
+    config_file = tmp_path / layout.run_name(source) / layout.CONFIG_FILE
     record = read_json(config_file)
     record["env"]["splits"]["train"] = record["env"]["splits"]["train"][1:]
     config_file.write_text(json.dumps(record))
     with pytest.raises(AblationError, match="was trained on other train images"):
-        train_run(dependent, tmp_path / store.run_name(dependent), progress=False)
+        train_run(dependent, tmp_path / layout.run_name(dependent), progress=False)

@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from ablation import store
 from ablation.cli import main
 from ablation.config import ModelConfig, RunConfig, TrainConfig, to_dict
 from ablation.data import PreparedSplit, load_prepared
@@ -23,6 +22,7 @@ from ablation.errors import AblationError
 from ablation.io import atomic_write_json, atomic_write_text, read_json
 from ablation.predict import choose_study_runs, load_predictor, predict_folder
 from ablation.predict.inference import predict_probabilities, resize_probability
+from ablation.store import layout
 from ablation.train import evaluate_checkpoint, train_run
 from ablation.train.device import setup_device
 
@@ -51,8 +51,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]]:
         paths = []
         for seed in (0, 1):
             config = _tiny_config(seed)
-            train_run(config, root / store.run_name(config), device="cpu", progress=False)
-            paths.append(root / store.run_name(config))
+            train_run(config, root / layout.run_name(config), device="cpu", progress=False)
+            paths.append(root / layout.run_name(config))
         yield paths
     torch.set_num_threads(threads)
 
@@ -132,7 +132,7 @@ def test_scores_at_the_runs_size_equal_ablation_evaluate(
 ) -> None:
     images, masks, split = test_split
     result = predict_folder(runs[0], images, tmp_path / "out", masks_dir=masks, device="cpu")
-    rows, summary = evaluate_checkpoint(runs[0] / store.BEST_CHECKPOINT, "synthetic-nuclei", device="cpu")
+    rows, summary = evaluate_checkpoint(runs[0] / layout.BEST_CHECKPOINT, "synthetic-nuclei", device="cpu")
     assert summary["dice_mean"] > 0.5  # real masks, not an empty or full prediction
     assert [row["image"] for row in result.rows] == [row["image"] for row in rows] == split.names
     for ours, theirs in zip(result.rows, rows):
@@ -240,7 +240,7 @@ def test_probability_resizing_is_the_training_resize() -> None:
 
 
 def test_reference_checkpoint_defaults_to_bgr(runs: list[Path], test_split, tmp_path: Path) -> None:
-    weights = torch.load(runs[0] / store.BEST_CHECKPOINT, weights_only=True)["model"]
+    weights = torch.load(runs[0] / layout.BEST_CHECKPOINT, weights_only=True)["model"]
     reference = tmp_path / "best_model-UNet.pth.tar"
     torch.save({"state_dict": weights, "epoch": 3}, reference)  # the reference code's checkpoint layout
     images = test_split[0]
@@ -316,20 +316,20 @@ def _fake_run(
     config = RunConfig(
         dataset="synthetic-nuclei", seed=seed, model=ModelConfig(connector=connector, skips=skips)
     )
-    run_dir = results / store.run_name(config)
+    run_dir = results / layout.run_name(config)
     run_dir.mkdir(parents=True)
-    shutil.copy(checkpoint, run_dir / store.BEST_CHECKPOINT)
-    atomic_write_json(run_dir / store.CONFIG_FILE, {**to_dict(config), "run_name": run_dir.name})
-    atomic_write_text(run_dir / store.TEST_METRICS_FILE, f"image,dice,iou\ntest_001,{test},{test / 2}\n")
-    metrics = {  # every key of store.METRICS_KEYS, with the types `ablation status` and reports validate
-        **dict.fromkeys(store.METRICS_KEYS, 0),
-        **{"status": "done", "run_id": store.run_id(config), "run_name": run_dir.name, "device": "cpu"},
+    shutil.copy(checkpoint, run_dir / layout.BEST_CHECKPOINT)
+    atomic_write_json(run_dir / layout.CONFIG_FILE, {**to_dict(config), "run_name": run_dir.name})
+    atomic_write_text(run_dir / layout.TEST_METRICS_FILE, f"image,dice,iou\ntest_001,{test},{test / 2}\n")
+    metrics = {  # every key of layout.METRICS_KEYS, with the types `ablation status` and reports validate
+        **dict.fromkeys(layout.METRICS_KEYS, 0),
+        **{"status": "done", "run_id": layout.run_id(config), "run_name": run_dir.name, "device": "cpu"},
         **{"dataset": config.dataset, "connector": connector, "skips": skips, "seed": seed, "fold": None},
         **{"stopped_early": False, "dice_mean": test, "iou_mean": test / 2},
     }
     if val is not None:
         metrics["best_val_dice"] = val
-    atomic_write_json(run_dir / store.METRICS_FILE, metrics)
+    atomic_write_json(run_dir / layout.METRICS_FILE, metrics)
     return run_dir
 
 
@@ -337,7 +337,7 @@ def _fake_run(
 def study(runs: list[Path], tmp_path: Path) -> tuple[Path, list[Path], list[Path]]:
     """L1+L2 wins on validation, L3+L4 on the test set (which must not be looked at)."""
     results = tmp_path / "study"
-    best = [runs[0] / store.BEST_CHECKPOINT, runs[1] / store.BEST_CHECKPOINT]
+    best = [runs[0] / layout.BEST_CHECKPOINT, runs[1] / layout.BEST_CHECKPOINT]
     by_validation = [
         _fake_run(results, "1100", seed, val=0.80, test=0.50, checkpoint=best[seed]) for seed in (0, 1)
     ]
@@ -348,11 +348,11 @@ def study(runs: list[Path], tmp_path: Path) -> tuple[Path, list[Path], list[Path
     _fake_run(results, "1111", 0, val=0.99, test=0.99, checkpoint=best[0], connector="cca")
     _fake_run(results, "0001", 0, val=None, test=0.99, checkpoint=best[0])  # no validation Dice: left out
     damaged = _fake_run(results, "1110", 0, val=0.99, test=0.99, checkpoint=best[0])
-    atomic_write_json(damaged / store.CONFIG_FILE, {"dataset": "synthetic-nuclei"})  # no model: left out
+    atomic_write_json(damaged / layout.CONFIG_FILE, {"dataset": "synthetic-nuclei"})  # no model: left out
     unfinished = results / "synthetic-nuclei_unet_1000_s0_official_00000000"
     unfinished.mkdir()
-    shutil.copy(best[0], unfinished / store.BEST_CHECKPOINT)
-    atomic_write_json(unfinished / store.CONFIG_FILE, {"dataset": "synthetic-nuclei"})  # running: ignored
+    shutil.copy(best[0], unfinished / layout.BEST_CHECKPOINT)
+    atomic_write_json(unfinished / layout.CONFIG_FILE, {"dataset": "synthetic-nuclei"})  # running: ignored
     return results, by_validation, by_test
 
 
@@ -374,7 +374,7 @@ def test_study_picks_the_subset_with_the_best_validation_dice(
     record = read_json(out / "prediction.json")
     assert [run["path"] for run in record["study"]["runs"]] == [str(path) for path in by_validation]
     assert [model["checkpoint"] for model in record["models"]] == [
-        str(path / store.BEST_CHECKPOINT) for path in by_validation
+        str(path / layout.BEST_CHECKPOINT) for path in by_validation
     ]
     assert record["ensemble"] and len(record["written"]) == 12
 

@@ -26,16 +26,16 @@ from ablation.errors import AblationError
 from ablation.grid import expand_spec, grid_status, run_grid
 from ablation.io import read_json
 from ablation.report.load import load_results
-from ablation.store import (
+from ablation.store.layout import (
     CONFIG_FILE,
     LAST_CHECKPOINT,
     METRICS_FILE,
     REPLACED_DIR,
     find_runs,
-    read_run_state,
     run_name,
-    write_run_config,
 )
+from ablation.store.state import read_run_state
+from ablation.store.writers import write_run_config
 
 SPEC = {
     "datasets": ["synthetic-nuclei"],

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ablation import store
 from ablation.config import RunConfig
 from ablation.errors import AblationError
 from ablation.io import read_json
+from ablation.store import layout, readers, state, writers
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -20,60 +20,61 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_writers_make_a_done_run_folder(tmp_path: Path) -> None:
     config = RunConfig(seed=3)
-    run_dir = tmp_path / store.run_name(config)
-    store.write_run_config(run_dir, config, {"device": "cpu"})
-    store.write_run_config(run_dir, config, {"device": "other"})  # started again from epoch 0: today's record
-    assert read_json(run_dir / store.CONFIG_FILE)["env"]["device"] == "other"
-    (run_dir / store.LAST_CHECKPOINT).write_bytes(b"")
-    store.write_run_config(run_dir, config, {"device": "third"})  # a resumed run keeps its original record
-    (run_dir / store.LAST_CHECKPOINT).unlink()
-    recorded = read_json(run_dir / store.CONFIG_FILE)
+    run_dir = tmp_path / layout.run_name(config)
+    writers.write_run_config(run_dir, config, {"device": "cpu"})
+    # started again from epoch 0: today's record
+    writers.write_run_config(run_dir, config, {"device": "other"})
+    assert read_json(run_dir / layout.CONFIG_FILE)["env"]["device"] == "other"
+    (run_dir / layout.LAST_CHECKPOINT).write_bytes(b"")
+    writers.write_run_config(run_dir, config, {"device": "third"})  # a resumed run keeps its original record
+    (run_dir / layout.LAST_CHECKPOINT).unlink()
+    recorded = read_json(run_dir / layout.CONFIG_FILE)
     assert (
-        recorded["run_id"] == store.run_id(config)
+        recorded["run_id"] == layout.run_id(config)
         and recorded["seed"] == 3
         and recorded["env"]["device"] == "other"
     )
     with pytest.raises(AblationError, match="belongs to run"):
-        store.write_run_config(run_dir, RunConfig(seed=4), {})
+        writers.write_run_config(run_dir, RunConfig(seed=4), {})
 
     epoch = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.6, "val_dice": 0.1, "lr": 1e-3, "seconds": 2.0}
-    store.write_history(run_dir, [])
-    store.append_history(run_dir, [epoch])
-    store.append_history(run_dir, [{**epoch, "epoch": 2}, {**epoch, "epoch": 3}])
-    assert list(_rows(run_dir / store.HISTORY_FILE)[0]) == list(store.HISTORY_COLUMNS)
-    assert [row["epoch"] for row in _rows(run_dir / store.HISTORY_FILE)] == ["1", "2", "3"]
-    store.write_history(run_dir, [epoch])  # resuming from a checkpoint at epoch 1 drops the later rows
-    assert [row["epoch"] for row in _rows(run_dir / store.HISTORY_FILE)] == ["1"]
+    writers.write_history(run_dir, [])
+    writers.append_history(run_dir, [epoch])
+    writers.append_history(run_dir, [{**epoch, "epoch": 2}, {**epoch, "epoch": 3}])
+    assert list(_rows(run_dir / layout.HISTORY_FILE)[0]) == list(layout.HISTORY_COLUMNS)
+    assert [row["epoch"] for row in _rows(run_dir / layout.HISTORY_FILE)] == ["1", "2", "3"]
+    writers.write_history(run_dir, [epoch])  # resuming from a checkpoint at epoch 1 drops the later rows
+    assert [row["epoch"] for row in _rows(run_dir / layout.HISTORY_FILE)] == ["1"]
 
-    store.write_image_metrics(run_dir / store.TEST_METRICS_FILE, [{"image": "a", "dice": 0.5, "iou": 0.3}])
-    store.write_image_metrics(tmp_path / "empty.csv", [])
+    writers.write_image_metrics(run_dir / layout.TEST_METRICS_FILE, [{"image": "a", "dice": 0.5, "iou": 0.3}])
+    writers.write_image_metrics(tmp_path / "empty.csv", [])
     assert (tmp_path / "empty.csv").read_text() == "image\n"
-    metrics = {key: 0 for key in store.METRICS_KEYS} | {"seed": 3}
+    metrics = {key: 0 for key in layout.METRICS_KEYS} | {"seed": 3}
     with pytest.raises(ValueError, match="lacks dice_mean"):
-        store.write_metrics(run_dir, {k: v for k, v in metrics.items() if k != "dice_mean"})
-    assert store.run_status(run_dir) == "pending"
+        writers.write_metrics(run_dir, {k: v for k, v in metrics.items() if k != "dice_mean"})
+    assert state.run_status(run_dir) == "pending"
     typed = {
         "status": "done",
-        "run_id": store.run_id(config),
+        "run_id": layout.run_id(config),
         "run_name": run_dir.name,
         "dataset": config.dataset,
     }
     typed.update(connector="unet", skips="1111", fold=None, stopped_early=False, device="cpu")
-    store.write_metrics(run_dir, {**metrics, **typed})  # the types the store's reader validates
-    assert store.run_status(run_dir) == "done" and store.done_run_problem(run_dir) is None
+    writers.write_metrics(run_dir, {**metrics, **typed})  # the types the store's reader validates
+    assert state.run_status(run_dir) == "done" and readers.done_run_problem(run_dir) is None
 
 
 def test_metrics_writer_refuses_what_the_readers_would_call_damaged(tmp_path: Path) -> None:
     import numpy as np
 
     config = RunConfig()
-    record = {key: 0 for key in store.METRICS_KEYS}
-    record.update(status="done", run_id=store.run_id(config), run_name="x", dataset="d", connector="unet")
+    record = {key: 0 for key in layout.METRICS_KEYS}
+    record.update(status="done", run_id=layout.run_id(config), run_name="x", dataset="d", connector="unet")
     record.update(skips="1111", fold=None, stopped_early=False, device="cpu")
     for key, bad in [("dice_mean", 1.5), ("hd95_mean", float("nan")), ("skips", "12"), ("seed", -1)]:
         with pytest.raises(ValueError, match=f"refusing to write .*{key}"):
-            store.write_metrics(tmp_path, {**record, key: bad})
-        assert not (tmp_path / store.METRICS_FILE).exists()
-    store.write_metrics(tmp_path, {**record, "seed": np.int64(2), "dice_mean": np.float32(0.5)})  # as JSON
-    check = read_json(tmp_path / store.METRICS_FILE)
+            writers.write_metrics(tmp_path, {**record, key: bad})
+        assert not (tmp_path / layout.METRICS_FILE).exists()
+    writers.write_metrics(tmp_path, {**record, "seed": np.int64(2), "dice_mean": np.float32(0.5)})  # as JSON
+    check = read_json(tmp_path / layout.METRICS_FILE)
     assert check["seed"] == 2 and check["dice_mean"] == 0.5

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from ablation import store
 from ablation.cli import main
 from ablation.config import ModelConfig, RunConfig, TrainConfig
 from ablation.errors import AblationError
 from ablation.io import read_json
+from ablation.store import layout, state
 from ablation.train import engine, pack, run_folder
 from ablation.train.engine import RunFailed, train_run
 from ablation.train.metrics import dice_iou, hd95, object_metrics
 
-METRICS_KEYS = (*store.METRICS_KEYS, *store.OBJECT_METRICS_KEYS)  # synthetic data has instance ids
+METRICS_KEYS = (*layout.METRICS_KEYS, *layout.OBJECT_METRICS_KEYS)  # synthetic data has instance ids
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -44,12 +44,12 @@ def _without_time(metrics: dict) -> dict:
 
 
 def _history(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / store.HISTORY_FILE) as handle:
+    with open(run_dir / layout.HISTORY_FILE) as handle:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
 
 
 def _best_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / store.BEST_CHECKPOINT, weights_only=True)["model"]
+    return torch.load(run_dir / layout.BEST_CHECKPOINT, weights_only=True)["model"]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, 
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("ABLATION_CACHE", str(cache))
             config = tiny_config(connector="uctransnet", test_time_masks=True)
-            run_dir = tmp_path_factory.mktemp("runs") / store.run_name(config)
+            run_dir = tmp_path_factory.mktemp("runs") / layout.run_name(config)
             return config, run_dir, train_run(config, run_dir, device="cpu", progress=False)
     finally:
         torch.set_num_threads(threads)
@@ -71,43 +71,44 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, 
 def test_tiny_run_writes_every_file(reference_run: tuple[RunConfig, Path, dict]) -> None:
     config, run_dir, metrics = reference_run
     for name in (
-        store.CONFIG_FILE, store.STATUS_FILE, store.HISTORY_FILE, store.LAST_CHECKPOINT, store.BEST_CHECKPOINT,
-        store.TEST_METRICS_FILE, store.MASKED_METRICS_FILE, store.PREDICTIONS_FILE, store.METRICS_FILE,
+        layout.CONFIG_FILE, layout.STATUS_FILE, layout.HISTORY_FILE, layout.LAST_CHECKPOINT,
+        layout.BEST_CHECKPOINT, layout.TEST_METRICS_FILE, layout.MASKED_METRICS_FILE, layout.PREDICTIONS_FILE,
+        layout.METRICS_FILE,
     ):  # fmt: skip
         assert (run_dir / name).is_file(), name
-    assert store.run_status(run_dir) == "done"
-    assert read_json(run_dir / store.METRICS_FILE) == metrics
+    assert state.run_status(run_dir) == "done"
+    assert read_json(run_dir / layout.METRICS_FILE) == metrics
     assert set(METRICS_KEYS) <= set(metrics)
-    assert metrics["run_id"] == store.run_id(config) and metrics["epochs_run"] == 3
+    assert metrics["run_id"] == layout.run_id(config) and metrics["epochs_run"] == 3
     assert 0.0 <= metrics["dice_mean"] <= 1.0 and metrics["parameters"] > 0
 
-    recorded = read_json(run_dir / store.CONFIG_FILE)
-    assert recorded["run_name"] == store.run_name(config) and recorded["model"]["connector"] == "uctransnet"
+    recorded = read_json(run_dir / layout.CONFIG_FILE)
+    assert recorded["run_name"] == layout.run_name(config) and recorded["model"]["connector"] == "uctransnet"
     assert {"packages", "git_commit", "device", "dataset_fingerprint", "splits"} <= set(recorded["env"])
     assert recorded["env"]["splits"]["test"]
 
-    with open(run_dir / store.HISTORY_FILE) as handle:
+    with open(run_dir / layout.HISTORY_FILE) as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds"]
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert float(rows[0]["lr"]) == pytest.approx(1e-3) and float(rows[1]["lr"]) < 1e-3  # cosine, per epoch
 
-    with open(run_dir / store.MASKED_METRICS_FILE) as handle:
+    with open(run_dir / layout.MASKED_METRICS_FILE) as handle:
         masked = list(csv.DictReader(handle))
     assert len({row["eval_skips"] for row in masked}) == 16
     assert len(masked) == 16 * metrics["num_test_images"]
 
-    best = torch.load(run_dir / store.BEST_CHECKPOINT, weights_only=True)
+    best = torch.load(run_dir / layout.BEST_CHECKPOINT, weights_only=True)
     assert best["epoch"] == metrics["best_epoch"] and best["config"]["seed"] == 0
-    last = torch.load(run_dir / store.LAST_CHECKPOINT, weights_only=True)
+    last = torch.load(run_dir / layout.LAST_CHECKPOINT, weights_only=True)
     assert {"model", "optimizer", "scheduler", "rng", "history", "best_model", "epoch"} <= set(last)
 
 
 def test_test_metrics_match_an_independent_computation(reference_run: tuple[RunConfig, Path, dict]) -> None:
     _, run_dir, metrics = reference_run
-    saved = np.load(run_dir / store.PREDICTIONS_FILE)
+    saved = np.load(run_dir / layout.PREDICTIONS_FILE)
     assert saved["image"].shape == (4, 32, 32, 3) and saved["pred"].shape == (4, 32, 32)
-    with open(run_dir / store.TEST_METRICS_FILE) as handle:
+    with open(run_dir / layout.TEST_METRICS_FILE) as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == metrics["num_test_images"]
     assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(metrics["dice_mean"])
@@ -157,8 +158,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path, monk
     monkeypatch.setattr(pack.Pack, "validate", crashing_validate)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_run(config, tmp_path / "split", device="cpu", progress=False)
-    assert store.run_status(tmp_path / "split") == "failed"
-    assert torch.load(tmp_path / "split" / store.LAST_CHECKPOINT, weights_only=True)["epoch"] == 2
+    assert state.run_status(tmp_path / "split") == "failed"
+    assert torch.load(tmp_path / "split" / layout.LAST_CHECKPOINT, weights_only=True)["epoch"] == 2
     monkeypatch.setattr(pack.Pack, "validate", real_validate)
     resumed = train_run(config, tmp_path / "split", device="cpu", progress=False)
 
@@ -170,12 +171,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path, monk
 
 def test_resume_refuses_a_folder_of_another_run(tmp_path: Path) -> None:
     train_run(tiny_config(seed=4, max_epochs=1), tmp_path / "run", device="cpu", progress=False)
-    (tmp_path / "run" / store.METRICS_FILE).unlink()
+    (tmp_path / "run" / layout.METRICS_FILE).unlink()
     with pytest.raises(AblationError, match="belongs to run"):
         train_run(tiny_config(seed=5, max_epochs=1), tmp_path / "run", device="cpu", progress=False)
 
     # A damaged checkpoint_last.pt: one line naming the file and the way out, not torch's multi-line text.
-    checkpoint = tmp_path / "run" / store.LAST_CHECKPOINT
+    checkpoint = tmp_path / "run" / layout.LAST_CHECKPOINT
     for junk in (bytes(range(7, 256)) * 8, b"hello\n"):
         checkpoint.write_bytes(junk)
         with pytest.raises(AblationError) as caught:
@@ -200,8 +201,8 @@ def test_resume_after_a_crash_in_the_test_evaluation(tmp_path: Path, monkeypatch
     monkeypatch.setattr(run_folder, "score_test", crash)
     with pytest.raises(RuntimeError, match="crash"):
         train_run(config, tmp_path / "split", device="cpu", progress=False)
-    saved = torch.load(tmp_path / "split" / store.LAST_CHECKPOINT, weights_only=True)
-    assert saved["epoch"] == whole["epochs_run"] and not (tmp_path / "split" / store.METRICS_FILE).exists()
+    saved = torch.load(tmp_path / "split" / layout.LAST_CHECKPOINT, weights_only=True)
+    assert saved["epoch"] == whole["epochs_run"] and not (tmp_path / "split" / layout.METRICS_FILE).exists()
 
     monkeypatch.setattr(run_folder, "score_test", real_score)
     monkeypatch.setattr(engine, "train_epoch", lambda *a, **k: pytest.fail("nothing is left to train"))
@@ -244,10 +245,10 @@ def test_non_finite_loss_fails_the_run(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(pack, "segmentation_loss", nan_after_first_epoch)
     with pytest.raises(RunFailed, match="non-finite loss at epoch 2"):
         train_run(tiny_config(), tmp_path / "run", device="cpu", progress=False)
-    status = read_json(tmp_path / "run" / store.STATUS_FILE)
+    status = read_json(tmp_path / "run" / layout.STATUS_FILE)
     assert status["status"] == "failed: non-finite loss at epoch 2"
-    assert store.run_status(tmp_path / "run") == "failed"
-    assert not (tmp_path / "run" / store.METRICS_FILE).exists()
+    assert state.run_status(tmp_path / "run") == "failed"
+    assert not (tmp_path / "run" / layout.METRICS_FILE).exists()
 
 
 def test_cli_huge_learning_rate_exits_non_zero(tmp_path: Path, capsys) -> None:
@@ -257,8 +258,8 @@ def test_cli_huge_learning_rate_exits_non_zero(tmp_path: Path, capsys) -> None:
     )  # fmt: skip
     assert code != 0
     assert "non-finite loss at epoch" in capsys.readouterr().err
-    (run_dir,) = store.find_runs(tmp_path)
-    assert store.read_status(run_dir)["status"].startswith("failed: non-finite loss at epoch")
+    (run_dir,) = layout.find_runs(tmp_path)
+    assert state.read_run_state(run_dir)[2]["status"].startswith("failed: non-finite loss at epoch")
 
 
 def test_cli_train_then_evaluate(tmp_path: Path, capsys) -> None:
@@ -271,17 +272,17 @@ def test_cli_train_then_evaluate(tmp_path: Path, capsys) -> None:
          "32", "--epochs", "2", "--config", str(config_file), "--quiet", "--out", str(tmp_path / "results")]
     )  # fmt: skip
     assert code == 0
-    (run_dir,) = store.find_runs(tmp_path / "results")
+    (run_dir,) = layout.find_runs(tmp_path / "results")
     assert run_dir.name.startswith("synthetic-glands_cca_1010_s7_official_")
-    assert not (run_dir / store.PREDICTIONS_FILE).exists()
-    metrics = read_json(run_dir / store.METRICS_FILE)
+    assert not (run_dir / layout.PREDICTIONS_FILE).exists()
+    metrics = read_json(run_dir / layout.METRICS_FILE)
     out_csv = tmp_path / "eval.csv"
     code = main(
-        ["evaluate", "--checkpoint", str(run_dir / store.BEST_CHECKPOINT), "--root", "synthetic-glands",
+        ["evaluate", "--checkpoint", str(run_dir / layout.BEST_CHECKPOINT), "--root", "synthetic-glands",
          "--device", "cpu", "--out", str(out_csv)]
     )  # fmt: skip
     assert code == 0
-    assert out_csv.read_text() == (run_dir / store.TEST_METRICS_FILE).read_text()
+    assert out_csv.read_text() == (run_dir / layout.TEST_METRICS_FILE).read_text()
     assert f"{metrics['dice_mean']:.4f}" in capsys.readouterr().out
 
     # The run is done, but a bad --device is still an error.
@@ -321,9 +322,9 @@ def test_cli_evaluate_finds_the_data_root_of_the_run(
          "--device", "cpu", "--quiet", "--out", str(tmp_path / "results")]
     )  # fmt: skip
     assert code == 0
-    (run_dir,) = store.find_runs(tmp_path / "results")
-    best = str(run_dir / store.BEST_CHECKPOINT)
-    expected = (run_dir / store.TEST_METRICS_FILE).read_text()
+    (run_dir,) = layout.find_runs(tmp_path / "results")
+    best = str(run_dir / layout.BEST_CHECKPOINT)
+    expected = (run_dir / layout.TEST_METRICS_FILE).read_text()
     capsys.readouterr()
 
     # Without --data-root the checkpoint's stored data_root is used, not $ABLATION_DATA.
@@ -353,7 +354,7 @@ def test_cli_evaluate_rejects_bad_checkpoints(
     reference_run: tuple[RunConfig, Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, run_dir, _ = reference_run
-    best = run_dir / store.BEST_CHECKPOINT
+    best = run_dir / layout.BEST_CHECKPOINT
     evaluate = ["evaluate", "--root", "synthetic-nuclei", "--device", "cpu", "--checkpoint"]
 
     text = tmp_path / "x.pth.tar"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablation import store
 from ablation.config import ModelConfig, RunConfig, TrainConfig
 from ablation.models import build_model
+from ablation.store import layout
 from ablation.train.device import determinism, setup_device
 from ablation.train.engine import train_packed, train_run
 from ablation.train.pack import Pack
@@ -48,7 +48,7 @@ def test_cuda_run_completes_and_resumes_identically(connector: str, tmp_path: Pa
     config = _config(connector)
     whole = train_run(config, tmp_path / "whole", device="cuda", progress=False)
     assert whole["device"] != "cpu" and math.isfinite(whole["dice_mean"])
-    assert (tmp_path / "whole" / store.MASKED_METRICS_FILE).is_file()
+    assert (tmp_path / "whole" / layout.MASKED_METRICS_FILE).is_file()
 
     real_validate, calls = Pack.validate, []
 
@@ -128,7 +128,7 @@ def test_cuda_graph_pack_resumes_without_graphs(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(RuntimeError):
         train_packed(configs, dirs, device="cuda", progress=False)
     monkeypatch.setattr(Pack, "validate", real_validate)
-    last = torch.load(dirs[0] / store.LAST_CHECKPOINT, weights_only=True)
+    last = torch.load(dirs[0] / layout.LAST_CHECKPOINT, weights_only=True)
     assert last["epoch"] == 2 and all(isinstance(lr, float) for lr in last["scheduler"]["base_lrs"])
     eager = [dataclasses.replace(c, train=dataclasses.replace(c.train, cuda_graphs=False)) for c in configs]
     results = train_packed(eager, dirs, device="cuda", progress=False)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from ablation import store
 from ablation.config import ModelConfig, RunConfig, TrainConfig
 from ablation.errors import AblationError
 from ablation.io import read_json
 from ablation.models import build_model
 from ablation.packing import can_pack, group_for_packing
+from ablation.store import layout, state
 from ablation.train import engine, run_folder
 from ablation.train.engine import train_packed, train_run
 
@@ -49,15 +49,15 @@ def test_grouping() -> None:
     packs = group_for_packing([*unet, *cct, other_lr], max_pack=4)
     assert sorted(len(p) for p in packs) == [1, 1, 1, 3, 3]  # 6 unet -> 3 + 3, not 4 + 2
     assert all(can_pack(p) for p in packs)
-    assert sorted(store.run_id(c) for p in packs for c in p) == sorted(
-        store.run_id(c) for c in [*unet, *cct, other_lr]
+    assert sorted(layout.run_id(c) for p in packs for c in p) == sorted(
+        layout.run_id(c) for c in [*unet, *cct, other_lr]
     )
     with pytest.raises(AblationError, match="pack_size must be >= 1"):
         group_for_packing(unet, 0)
 
 
 def _history(run_dir: Path) -> list[dict[str, float]]:
-    with open(run_dir / store.HISTORY_FILE) as handle:
+    with open(run_dir / layout.HISTORY_FILE) as handle:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
@@ -66,23 +66,23 @@ def test_train_packed_writes_run_folders_like_train_run(tmp_path: Path) -> None:
         _run_config(seed, skips, max_epochs=4, patience=1)
         for seed, skips in enumerate(("1111", "1010", "0000"))
     ]
-    dirs = [tmp_path / "packed" / store.run_name(c) for c in configs]
+    dirs = [tmp_path / "packed" / layout.run_name(c) for c in configs]
     results = train_packed(configs, dirs, device="cpu", progress=False)
 
     for config, run_dir, result in zip(configs, dirs, results):
         for name in (
-            store.CONFIG_FILE, store.STATUS_FILE, store.HISTORY_FILE, store.LAST_CHECKPOINT, store.BEST_CHECKPOINT,
-            store.TEST_METRICS_FILE, store.PREDICTIONS_FILE, store.METRICS_FILE,
+            layout.CONFIG_FILE, layout.STATUS_FILE, layout.HISTORY_FILE, layout.LAST_CHECKPOINT,
+            layout.BEST_CHECKPOINT, layout.TEST_METRICS_FILE, layout.PREDICTIONS_FILE, layout.METRICS_FILE,
         ):  # fmt: skip
             assert (run_dir / name).is_file(), name
-        assert store.run_status(run_dir) == "done" and read_json(run_dir / store.METRICS_FILE) == result
-        assert result["run_id"] == store.run_id(config) and result["skips"] == config.model.skips
+        assert state.run_status(run_dir) == "done" and read_json(run_dir / layout.METRICS_FILE) == result
+        assert result["run_id"] == layout.run_id(config) and result["skips"] == config.model.skips
         assert (
             0.0 <= result["dice_mean"] <= 1.0 and np.isfinite(result["hd95_mean"]) and result["seconds"] > 0
         )
-        best = torch.load(run_dir / store.BEST_CHECKPOINT, weights_only=True)
+        best = torch.load(run_dir / layout.BEST_CHECKPOINT, weights_only=True)
         build_model(config.model).load_state_dict(best["model"])  # the structural layout of ITS subset
-        last = torch.load(run_dir / store.LAST_CHECKPOINT, weights_only=True)
+        last = torch.load(run_dir / layout.LAST_CHECKPOINT, weights_only=True)
         assert last["epoch"] == result["epochs_run"] and len(last["optimizer"]["state"]) > 0
 
     # With patience 1 the variants stop at different epochs; each stopped one left the pack and kept its record.
@@ -107,7 +107,7 @@ def test_train_packed_writes_run_folders_like_train_run(tmp_path: Path) -> None:
     full = next(
         i for i, result in enumerate(results) if result["epochs_run"] == 4
     )  # a run train_run won't extend
-    (dirs[full] / store.METRICS_FILE).unlink()
+    (dirs[full] / layout.METRICS_FILE).unlink()
     finished = train_run(configs[full], dirs[full], device="cpu", progress=False)
     assert finished["dice_mean"] == pytest.approx(results[full]["dice_mean"]) and finished["epochs_run"] == 4
 
@@ -135,7 +135,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_pack(
     monkeypatch.setattr(engine, "end_epoch", crash_in_epoch_three)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_packed(configs, dirs, device="cpu", progress=False)
-    assert all(store.run_status(d) == "failed" for d in dirs)
+    assert all(state.run_status(d) == "failed" for d in dirs)
     assert len(_history(dirs[0])) == 3  # epoch 3 was appended before the crash: resuming must redo it
     monkeypatch.setattr(engine, "end_epoch", real_end_epoch)
     resumed = train_packed(configs, dirs, device="cpu", progress=False)
@@ -148,8 +148,8 @@ def test_resume_after_a_kill_equals_the_uninterrupted_pack(
             {k: v for k, v in row.items() if k != "seconds"}
             for row in _history(tmp_path / "whole" / str(index))
         ]
-        best = torch.load(dirs[index] / store.BEST_CHECKPOINT, weights_only=True)["model"]
-        expected = torch.load(tmp_path / "whole" / str(index) / store.BEST_CHECKPOINT, weights_only=True)[
+        best = torch.load(dirs[index] / layout.BEST_CHECKPOINT, weights_only=True)["model"]
+        expected = torch.load(tmp_path / "whole" / str(index) / layout.BEST_CHECKPOINT, weights_only=True)[
             "model"
         ]
         assert all(torch.equal(best[key], expected[key]) for key in expected)
@@ -174,8 +174,8 @@ def test_resume_finishes_variants_that_crashed_after_their_last_epoch(
     monkeypatch.setattr(run_folder, "score_test", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_packed(configs, dirs, device="cpu", progress=False)
-    assert torch.load(dirs[0] / store.LAST_CHECKPOINT, weights_only=True)["epoch"] == 2
-    assert not any((d / store.METRICS_FILE).exists() for d in dirs)
+    assert torch.load(dirs[0] / layout.LAST_CHECKPOINT, weights_only=True)["epoch"] == 2
+    assert not any((d / layout.METRICS_FILE).exists() for d in dirs)
 
     monkeypatch.setattr(run_folder, "score_test", real_score)
     real_end_epoch, trained = engine.end_epoch, []
@@ -188,7 +188,7 @@ def test_resume_finishes_variants_that_crashed_after_their_last_epoch(
     resumed = train_packed(configs, dirs, device="cpu", progress=False)
     assert 0 not in trained and trained.count(1) == 2  # only the second variant trains its two epochs
     for before, after, run_dir in zip(whole, resumed, dirs):
-        assert after["status"] == "done" and read_json(run_dir / store.METRICS_FILE) == after
+        assert after["status"] == "done" and read_json(run_dir / layout.METRICS_FILE) == after
         assert after["epochs_run"] == before["epochs_run"] == 2 and len(_history(run_dir)) == 2
         assert after["dice_mean"] == pytest.approx(before["dice_mean"], abs=1e-6)
 
@@ -208,8 +208,8 @@ def test_non_finite_variant_fails_alone(tmp_path: Path, monkeypatch: pytest.Monk
     results = train_packed(configs, dirs, device="cpu", progress=False)
     assert results[0]["status"] == "done" and results[0]["epochs_run"] == 2
     assert results[1]["status"] == "failed: non-finite loss at epoch 1"
-    assert read_json(dirs[1] / store.STATUS_FILE)["status"] == "failed: non-finite loss at epoch 1"
-    assert store.run_status(dirs[1]) == "failed" and not (dirs[1] / store.METRICS_FILE).exists()
+    assert read_json(dirs[1] / layout.STATUS_FILE)["status"] == "failed: non-finite loss at epoch 1"
+    assert state.run_status(dirs[1]) == "failed" and not (dirs[1] / layout.METRICS_FILE).exists()
 
 
 def test_bad_input(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from ablation import store
 from ablation.cli import main
 from ablation.config import ModelConfig, RunConfig, TrainConfig
 from ablation.errors import AblationError
+from ablation.store import layout
 from ablation.train import pack
 from ablation.train.engine import train_packed, train_run
 from ablation.train.tensorboard_log import SCALAR_TAGS, preview_grid
@@ -43,7 +43,7 @@ def logged(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], list]:
     from tensorboard.backend.event_processing import event_accumulator
 
     guidance = {event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0}
-    accumulator = event_accumulator.EventAccumulator(str(run_dir / store.TENSORBOARD_FOLDER), guidance)
+    accumulator = event_accumulator.EventAccumulator(str(run_dir / layout.TENSORBOARD_FOLDER), guidance)
     accumulator.Reload()
     tags = accumulator.Tags()
     scalars = {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in tags["scalars"]}
@@ -52,7 +52,7 @@ def logged(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], list]:
 
 
 def history(run_dir: Path) -> list[dict[str, float]]:
-    with open(run_dir / store.HISTORY_FILE) as handle:
+    with open(run_dir / layout.HISTORY_FILE) as handle:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
@@ -81,15 +81,15 @@ def test_logging_leaves_training_unchanged(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     plain = tiny_config()
     logging = dataclasses.replace(plain, train=dataclasses.replace(plain.train, tensorboard=True))
-    assert store.run_id(logging) == store.run_id(plain)  # where the logs go, not what is computed
+    assert layout.run_id(logging) == layout.run_id(plain)  # where the logs go, not what is computed
     without = train_run(plain, tmp_path / "plain", device="cpu", progress=False)
     with_logs = train_run(logging, tmp_path / "logged", device="cpu", progress=False)
-    assert not (tmp_path / "plain" / store.TENSORBOARD_FOLDER).exists()
+    assert not (tmp_path / "plain" / layout.TENSORBOARD_FOLDER).exists()
     assert {k: v for k, v in without.items() if k != "seconds"} == {
         k: v for k, v in with_logs.items() if k != "seconds"
     }
     weights = [
-        torch.load(tmp_path / run / store.BEST_CHECKPOINT, weights_only=True)["model"]
+        torch.load(tmp_path / run / layout.BEST_CHECKPOINT, weights_only=True)["model"]
         for run in ("plain", "logged")
     ]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
@@ -104,7 +104,7 @@ def test_a_pack_logs_each_run_into_its_own_folder(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
     configs = [tiny_config(seed, skips, tensorboard=True) for seed, skips in ((0, "1111"), (1, "1010"))]
-    dirs = [tmp_path / store.run_name(config) for config in configs]
+    dirs = [tmp_path / layout.run_name(config) for config in configs]
     train_packed(configs, dirs, device="cpu", progress=False)
     for run_dir in dirs:
         assert_scalars_match_history(run_dir)
@@ -112,7 +112,7 @@ def test_a_pack_logs_each_run_into_its_own_folder(tmp_path: Path) -> None:
     # one TensorBoard on the results folder shows every run, named by its run folder
     multiplexer = EventMultiplexer().AddRunsFromDirectory(str(tmp_path))
     multiplexer.Reload()
-    assert set(multiplexer.Runs()) == {f"{run_dir.name}/{store.TENSORBOARD_FOLDER}" for run_dir in dirs}
+    assert set(multiplexer.Runs()) == {f"{run_dir.name}/{layout.TENSORBOARD_FOLDER}" for run_dir in dirs}
 
 
 @pytest.mark.parametrize("crash_epoch", [2, 4])

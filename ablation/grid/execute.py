@@ -10,7 +10,7 @@ run-claiming protocol:
 3. in the claimed folders, temporary files of atomic writes cut short by a kill are removed (we own them now),
    and the files of a run that is trained again from the start (a finished run whose files are damaged, a
    stale run under ``rerun_stale``, a checkpoint that cannot be resumed from) are moved to
-   ``<results>/.replaced/`` (:func:`ablation.store.set_aside`): nothing is deleted; a claimed run whose source
+   ``<results>/.replaced/`` (:func:`ablation.store.state.set_aside`): nothing is deleted; a claimed run whose source
    (``train.init_from``) is not done fails with a reason naming the source
    (:func:`ablation.grid.order.source_problem`);
 4. ``train_unit`` trains the claimed runs, all together;
@@ -40,18 +40,9 @@ from pathlib import Path
 from ablation.config import RunConfig
 from ablation.errors import AblationError
 from ablation.io import read_json_table
-from ablation.store import (
-    LAST_CHECKPOINT,
-    METRICS_FILE,
-    STATUS_FILE,
-    StaleCheck,
-    checkpoint_problem,
-    read_run_state,
-    run_dir_in,
-    run_name,
-    set_aside,
-    write_status,
-)
+from ablation.store.layout import LAST_CHECKPOINT, METRICS_FILE, STATUS_FILE, run_dir_in, run_name
+from ablation.store.state import StaleCheck, checkpoint_problem, read_run_state, set_aside
+from ablation.store.writers import write_status
 
 from . import locks
 from .order import source_problem

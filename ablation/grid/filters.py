@@ -12,7 +12,7 @@ import fnmatch
 from ablation.config import RunConfig
 from ablation.errors import AblationError
 from ablation.skips import parse_skips
-from ablation.store import dataset_slug, name_fields, run_id, run_name, split_name
+from ablation.store.layout import dataset_slug, name_fields, run_id, run_name, split_name
 
 FILTER_KEYS: dict[str, str] = {
     "dataset": "dataset name or folder",
@@ -57,7 +57,7 @@ def select_runs(configs: list[RunConfig], filters: list[str] | None) -> list[Run
 def select_names(names: list[str], filters: list[str] | None) -> list[str]:
     """Keep the run folder names matching every filter, as :func:`select_runs` does, without the configs.
 
-    ``key=value`` filters read the fields from the name (:func:`ablation.store.name_fields`); a name in another
+    ``key=value`` filters read the fields from the name (:func:`ablation.store.layout.name_fields`); a name in another
     form matches substring and glob filters only.
     """
     terms = _terms(filters)

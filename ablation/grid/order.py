@@ -16,7 +16,7 @@ from pathlib import Path
 from ablation.config import RunConfig
 from ablation.errors import AblationError
 from ablation.sources import run_label
-from ablation.store import run_name
+from ablation.store.layout import run_name
 
 from .status import run_state
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ablation.config import RunConfig
 from ablation.errors import AblationError
-from ablation.store import run_name
+from ablation.store.layout import run_name
 
 from .execute import RunOutcome, TrainUnit, execute_unit
 from .order import UnitOrder

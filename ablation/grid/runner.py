@@ -1,6 +1,6 @@
 """Run a grid of runs: skip what is done, resume what was interrupted, isolate failures, never train twice.
 
-The results folder holds one folder per run, named by :func:`ablation.store.run_name` (readable fields plus a hash
+The results folder holds one folder per run, named by :func:`ablation.store.layout.run_name` (readable fields plus a hash
 of the resolved config), so rerunning a grid finds its finished runs by name. A run is done exactly when its
 ``metrics.json`` exists; an interrupted run keeps ``checkpoint_last.pt`` and the trainer resumes from it.
 
@@ -25,7 +25,8 @@ from ablation.config import RunConfig
 from ablation.errors import AblationError
 from ablation.io import atomic_write_json
 from ablation.packing import auto_pack_size, group_for_packing
-from ablation.store import GRID_FILE, read_grid_record, run_name
+from ablation.store.layout import GRID_FILE, run_name
+from ablation.store.state import read_grid_record
 
 from . import locks
 from .execute import RunOutcome, TrainUnit, settled_outcome
@@ -95,7 +96,7 @@ def _record_grid(results_dir: Path, names: Iterable[str], spec_name: str | None)
     """Add runs (and the spec's name) to grid.json: a merge, so a grid run with --only never shrinks it.
 
     Raises:
-        AblationError: a damaged grid.json (:func:`ablation.store.read_grid_record`); it is left as it is.
+        AblationError: a damaged grid.json (:func:`ablation.store.state.read_grid_record`); it is left as it is.
     """
     previous = read_grid_record(results_dir)
     record = {"runs": list(dict.fromkeys([*previous["runs"], *names]))}

@@ -61,7 +61,7 @@ from ablation.config import (
 from ablation.errors import AblationError
 from ablation.skips import expand_subsets
 from ablation.sources import resolve_sources
-from ablation.store import run_name
+from ablation.store.layout import run_name
 
 SPEC_KEYS: dict[str, str] = {
     "name": "grid name (default: the spec file's stem)",

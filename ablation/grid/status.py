@@ -1,8 +1,8 @@
 """Where each run of a results folder stands: done, running, failed, pending or damaged. No torch import.
 
-The run folder's files decide (:func:`ablation.store.read_run_state`, shared with the report); a live lock
+The run folder's files decide (:func:`ablation.store.state.read_run_state`, shared with the report); a live lock
 (:mod:`ablation.grid.locks`) makes an unfinished run ``running``. A done run is also checked against today's
-data and splits files (:class:`ablation.store.StaleCheck`): a stale run is still done, with a note saying why.
+data and splits files (:class:`ablation.store.state.StaleCheck`): a stale run is still done, with a note saying why.
 """
 
 from __future__ import annotations
@@ -12,16 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablation.config import RunConfig
-from ablation.store import (
-    CONFIG_FILE,
-    METRICS_FILE,
-    STATUS_FILE,
-    StaleCheck,
-    read_run_state,
-    recorded_runs,
-    run_dir_in,
-    run_name,
-)
+from ablation.store.layout import CONFIG_FILE, METRICS_FILE, STATUS_FILE, run_dir_in, run_name
+from ablation.store.state import StaleCheck, read_run_state, recorded_runs
 
 from . import locks
 
@@ -36,11 +28,11 @@ class RunState:
         name: the run folder's name.
         status: ``done``, ``running`` (a live runner holds its lock), ``failed``, ``pending`` or ``damaged``
             (a file of the run folder cannot be read or does not describe the run; see
-            :func:`ablation.store.read_run_state`).
+            :func:`ablation.store.state.read_run_state`).
         detail: the error of a failed run, the lock owner of a running one, ``interrupted at epoch E`` for a
             pending run that will resume from its checkpoint, the file and reason for a damaged one, and for a
             stale done run why it is stale.
-        stale: a done run whose data or split changed since it ran (kept; see :class:`ablation.store.StaleCheck`).
+        stale: a done run whose data or split changed since it ran (kept; see :class:`ablation.store.state.StaleCheck`).
     """
 
     name: str
@@ -50,7 +42,7 @@ class RunState:
 
 
 def stale_check() -> StaleCheck:
-    """A :class:`~ablation.store.StaleCheck` with today's dataset fingerprints (file names, sizes, times)."""
+    """A :class:`~ablation.store.state.StaleCheck` with today's dataset fingerprints (file names, sizes, times)."""
     from ablation.data.prepare import dataset_fingerprint
 
     return StaleCheck(dataset_fingerprint)
@@ -65,7 +57,7 @@ def run_state(results_dir: str | Path, name: str, stale: StaleCheck | None = Non
         stale: checks a done run against today's data and splits files; None: not checked.
 
     Raises:
-        AblationError: ``name`` leads outside ``results_dir`` (:func:`ablation.store.run_dir_in`).
+        AblationError: ``name`` leads outside ``results_dir`` (:func:`ablation.store.layout.run_dir_in`).
     """
     run_dir = run_dir_in(results_dir, name)
     status, detail, record = read_run_state(run_dir)

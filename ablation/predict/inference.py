@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ablation.config import RunConfig, from_dict
 from ablation.errors import AblationError
-from ablation.store import BEST_CHECKPOINT, find_runs, run_name
+from ablation.store.layout import BEST_CHECKPOINT, find_runs, run_name
 from ablation.train.device import DeviceSetup, autocast, to_memory_format
 from ablation.train.evaluate import to_input
 
@@ -40,7 +40,7 @@ class Predictor:
         threshold: foreground where the probability exceeds it.
         source: the checkpoint file.
         kind: ``run`` (our checkpoint, config stored inside) or ``reference`` (the reference code's).
-        run_name: the run folder name its stored config gives (:func:`ablation.store.run_name`); None for
+        run_name: the run folder name its stored config gives (:func:`ablation.store.layout.run_name`); None for
             reference checkpoints.
     """
 

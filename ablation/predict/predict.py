@@ -35,7 +35,7 @@ from ablation.errors import AblationError
 from ablation.io import atomic_write_bytes, atomic_write_json, ensure_folder
 from ablation.predict.inference import Predictor, load_predictor, predict_probabilities, resize_probability
 from ablation.predict.study import StudyChoice, choose_study_runs
-from ablation.store import write_image_metrics
+from ablation.store.writers import write_image_metrics
 from ablation.train.device import DeviceSetup, setup_device
 from ablation.train.metrics import EPSILON, image_metrics
 

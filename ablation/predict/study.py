@@ -16,7 +16,8 @@ from typing import Any
 from ablation.errors import AblationError
 from ablation.io import read_json_table
 from ablation.skips import ALL_SUBSETS, parse_skips, skip_label
-from ablation.store import BEST_CHECKPOINT, CONFIG_FILE, METRICS_FILE, dataset_slug, find_runs, read_run_state
+from ablation.store.layout import BEST_CHECKPOINT, CONFIG_FILE, METRICS_FILE, dataset_slug, find_runs
+from ablation.store.state import read_run_state
 
 SELECTION_KEY = "best_val_dice"  # the metrics.json key subsets are ranked by
 CHOSEN_BY_VALIDATION = f"best mean validation Dice ({SELECTION_KEY} in metrics.json)"
@@ -95,7 +96,7 @@ def finished_runs(results_dir: str | Path) -> tuple[list[StudyRun], list[str]]:
 
     Returns:
         ``(runs, problems)``: problems are ``"<config.json>: <reason>"`` for done runs whose config lacks a
-        field, and the reason a finished run is damaged (:func:`ablation.store.read_run_state`); such runs are
+        field, and the reason a finished run is damaged (:func:`ablation.store.state.read_run_state`); such runs are
         left out, not fatal, as in reports.
 
     Raises:

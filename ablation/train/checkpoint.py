@@ -26,7 +26,7 @@ import torch
 from ablation.config import RunConfig, to_dict
 from ablation.errors import AblationError
 from ablation.io import atomic_write_bytes
-from ablation.store import BEST_CHECKPOINT, run_id
+from ablation.store.layout import BEST_CHECKPOINT, run_id
 from ablation.train.device import DeviceSetup
 
 # The early-stopping state of a run, as checkpoint_last.pt holds it (see :func:`new_run_state`).

@@ -112,7 +112,7 @@ def _init_folder(args: argparse.Namespace) -> Path | None:
 
 def _train(args: argparse.Namespace) -> int:
     from ablation.sources import resolve_in_folder
-    from ablation.store import run_name
+    from ablation.store.layout import run_name
     from ablation.train import train_run
 
     config = resolve_in_folder(build_run_config(args), args.out, _init_folder(args))

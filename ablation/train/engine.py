@@ -31,7 +31,8 @@ from ablation.config import RunConfig, TrainConfig
 from ablation.errors import AblationError
 from ablation.io import read_json
 from ablation.packing import MASKABLE_CONNECTORS, can_pack
-from ablation.store import CONFIG_FILE, METRICS_FILE, run_id, run_name, write_status
+from ablation.store.layout import CONFIG_FILE, METRICS_FILE, run_id, run_name
+from ablation.store.writers import write_status
 from ablation.train.checkpoint import plain_scheduler_state
 from ablation.train.device import DeviceSetup, determinism, setup_device
 from ablation.train.pack import Pack
@@ -60,7 +61,7 @@ def train_run(
 
     Args:
         config: the resolved run configuration.
-        out_dir: the run folder (conventionally ``<results>/<ablation.store.run_name(config)>``).
+        out_dir: the run folder (conventionally ``<results>/<ablation.store.layout.run_name(config)>``).
         device: ``cpu``, ``cuda``, ``cuda:N`` or None (CUDA when available).
         progress: show a tqdm bar (epoch, loss, validation Dice).
 
@@ -92,7 +93,7 @@ def train_packed(
 
     Args:
         configs: the runs; :func:`ablation.packing.can_pack` must accept them.
-        out_dirs: one run folder per config (conventionally ``<results>/<ablation.store.run_name(config)>``).
+        out_dirs: one run folder per config (conventionally ``<results>/<ablation.store.layout.run_name(config)>``).
         device: ``cpu``, ``cuda``, ``cuda:N`` or None (CUDA when available).
         progress: a tqdm bar per pack (epoch, runs still training, best validation Dice).
 

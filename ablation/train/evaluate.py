@@ -19,7 +19,7 @@ import torch
 from ablation.config import RunConfig, TrainConfig
 from ablation.errors import AblationError
 from ablation.skips import ALL_SUBSETS
-from ablation.store import write_image_metrics
+from ablation.store.writers import write_image_metrics
 from ablation.train.device import DeviceSetup, autocast, setup_device, to_memory_format
 from ablation.train.metrics import evaluate_predictions
 

@@ -23,15 +23,17 @@ import torch
 from ablation.config import RunConfig, TrainConfig
 from ablation.errors import AblationError
 from ablation.io import environment_record
-from ablation.store import (
+from ablation.store.layout import (
     BEST_CHECKPOINT,
     HISTORY_COLUMNS,
     LAST_CHECKPOINT,
     MASKED_METRICS_FILE,
     TEST_METRICS_FILE,
-    append_history,
     run_id,
     run_name,
+)
+from ablation.store.writers import (
+    append_history,
     write_history,
     write_image_metrics,
     write_metrics,
@@ -183,7 +185,7 @@ def end_epoch(
 
     Args:
         variant: the run; its state is updated in place.
-        row: the epoch's :data:`ablation.store.HISTORY_COLUMNS` values.
+        row: the epoch's :data:`ablation.store.layout.HISTORY_COLUMNS` values.
         export: returns the run's own network holding the weights after this epoch (called at most once).
         optimizer_states: returns its Adam and schedule state dicts (called only to checkpoint).
 

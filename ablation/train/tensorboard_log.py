@@ -24,7 +24,7 @@ import numpy as np
 
 from ablation.config import RunConfig
 from ablation.errors import AblationError
-from ablation.store import TENSORBOARD_FOLDER
+from ablation.store.layout import TENSORBOARD_FOLDER
 
 PREVIEW_IMAGES = 4  # validation images shown in val/predictions
 # TensorBoard tag -> history.csv column, logged once per epoch.
@@ -72,7 +72,7 @@ class TensorBoardLog:
         )
 
     def scalars(self, row: Mapping[str, float]) -> None:
-        """One epoch's history.csv row (:data:`ablation.store.HISTORY_COLUMNS`) as scalars; flushed, for live
+        """One epoch's history.csv row (:data:`ablation.store.layout.HISTORY_COLUMNS`) as scalars; flushed, for live
         viewing."""
         epoch = int(row["epoch"])
         for tag, column in SCALAR_TAGS.items():

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ablation.io import read_json_table
-from ablation.store import CONFIG_FILE, METRICS_FILE, find_runs, read_run_state
+from ablation.store.layout import CONFIG_FILE, METRICS_FILE, find_runs
+from ablation.store.state import read_run_state
 
 
 def done_runs(results_dir: str | Path) -> list[str]:
