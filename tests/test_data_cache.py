@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from test_data import run_cli, write_reference
 
-from ablation.data import load_prepared, prepare, readers, run_splits
+from ablation.data import cache as prepared_cache
+from ablation.data import load_prepared, readers, run_splits
 from ablation.errors import AblationError
 
 
@@ -193,7 +194,7 @@ def test_a_cache_of_an_older_preparation_version_is_not_reused(
 ) -> None:
     write_reference(tmp_path / "ds", {"train": 3, "test": 2})
     cache = tmp_path / "cache"
-    monkeypatch.setattr(prepare, "PREPARE_VERSION", prepare.PREPARE_VERSION - 1)
+    monkeypatch.setattr(prepared_cache, "PREPARE_VERSION", prepared_cache.PREPARE_VERSION - 1)
     old = load_prepared(str(tmp_path / "ds"), img_size=16, cache_dir=cache)
     monkeypatch.undo()
     decoded = []
@@ -212,7 +213,7 @@ def _no_write(path, data) -> None:
 def test_an_unwritable_cache_folder_prepares_in_memory(tmp_path: Path, monkeypatch, capsys) -> None:
     # Decision: the prepared data is only a cache, so a folder that cannot take it costs a warning, not the run.
     write_reference(tmp_path / "ds", {"train": 3, "test": 2})
-    monkeypatch.setattr(prepare, "atomic_write_bytes", _no_write)
+    monkeypatch.setattr(prepared_cache, "atomic_write_bytes", _no_write)
     argv = [
         "data",
         "info",

@@ -10,7 +10,7 @@ from PIL import Image
 
 import ablation.cli
 from ablation.data import PreparedDataset, load_prepared, readers, run_splits
-from ablation.data.prepare import resize_label
+from ablation.data.resize import resize_label
 
 
 @pytest.fixture(scope="session")

@@ -17,13 +17,17 @@ from test_data import run_cli, write_reference
 from ablation.cli import main
 from ablation.config import ModelConfig, RunConfig, TrainConfig, parse_assignments
 from ablation.data import load_prepared, run_splits
+from ablation.data.cache import find_prepared_cache
 from ablation.data.carry import copy_prepared
-from ablation.data.prepare import find_prepared_cache
+from ablation.data.prepare import dataset_fingerprint, split_sizes
 from ablation.errors import AblationError
 from ablation.grid import expand_spec, load_spec
+from ablation.grid.cost import estimate_cost
 from ablation.grid.spec import check_datasets, override_spec
 from ablation.io import read_json
 from ablation.store.layout import run_name
+from ablation.store.state import StaleCheck
+from ablation.store.writers import write_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = ROOT / "experiments" / "device"
@@ -204,6 +208,37 @@ def test_grid_accepts_a_dataset_known_only_by_its_carried_cache(
     assert main(["run", str(spec), "--out", str(tmp_path / "results")]) == 2
     assert "dataset 'glas' not found" in capsys.readouterr().err  # the cache has no file at 224 px
     assert check_datasets(override_spec(load_spec(spec), {"model.img_size": str(SIZE)})) == []
+
+
+def test_the_cheap_checks_read_the_carried_cache(
+    carried: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
+    """Without the folder, the fingerprint (the stale check), the images per split (the grid's folds check at
+    plan time) and the dry run's image counts come from the carried file, as training reads it."""
+    here = load_prepared("glas", img_size=SIZE, data_root=carried["data"], cache_dir=carried["home"])
+    monkeypatch.setenv("ABLATION_DATA", str(carried["empty"]))
+    monkeypatch.setenv("ABLATION_CACHE", str(carried["carry"]))
+    assert dataset_fingerprint("glas", img_size=SIZE) == here.fingerprint
+    assert (
+        split_sizes("glas", img_size=SIZE) == split_sizes("glas", carried["data"]) == {"train": 6, "test": 3}
+    )
+    with pytest.raises(AblationError, match="dataset 'glas' not found"):
+        split_sizes("glas", img_size=64)  # no carried file at that size
+
+    config = RunConfig(dataset="glas", model=ModelConfig(img_size=SIZE))
+    run_dir = tmp_path / "results" / run_name(config)
+    write_run_config(run_dir, config, {"dataset_fingerprint": "0" * 16})
+    assert StaleCheck(dataset_fingerprint).reasons(run_dir) == [
+        f"the data changed since it ran (dataset fingerprint {'0' * 16} then, {here.fingerprint} now)"
+    ]
+
+    spec = {"datasets": ["glas"], "subsets": ["all"], "model": {"img_size": SIZE}, "train": {"max_epochs": 2}}
+    with pytest.raises(AblationError, match="num_folds 7 exceeds the 6 images of the training pool"):
+        check_datasets(load_spec({**spec, "folds": 7}))
+    cost = estimate_cost(expand_spec({**spec, "folds": 3}), gflops=lambda model: 1.0)
+    # 3 folds of the 6 training images: 4 train + 2 validation per epoch, then the 3 test images, per run.
+    assert cost.unknown == {}
+    assert (cost.train_passes, cost.val_passes, cost.test_passes) == (3 * 4 * 2, 3 * 2 * 2, 3 * 3)
 
 
 # --set for every run of a spec ---------------------------------------------------------------------------------

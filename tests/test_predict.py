@@ -17,7 +17,7 @@ from PIL import Image
 from ablation.cli import main
 from ablation.config import ModelConfig, RunConfig, TrainConfig, to_dict
 from ablation.data import PreparedSplit, load_prepared
-from ablation.data.prepare import resize_bilinear_like_opencv
+from ablation.data.resize import resize_bilinear_like_opencv
 from ablation.errors import AblationError
 from ablation.io import atomic_write_json, atomic_write_text, read_json
 from ablation.predict import choose_study_runs, load_predictor, predict_folder

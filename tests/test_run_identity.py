@@ -21,6 +21,7 @@ from test_grid_fakes import entries, fake_train, recording_train
 
 from ablation.cli import main
 from ablation.config import RunConfig, from_dict
+from ablation.data import cache as prepared_cache
 from ablation.data import load_prepared, prepare
 from ablation.errors import AblationError
 from ablation.grid import expand_spec, grid_status, run_grid
@@ -201,7 +202,7 @@ def test_a_new_preparation_version_flags_runs_stale(
     folder_grid: tuple[Path, Path, list[RunConfig]], monkeypatch: pytest.MonkeyPatch
 ):
     _, results, configs = folder_grid
-    monkeypatch.setattr(prepare, "PREPARE_VERSION", prepare.PREPARE_VERSION + 1)
+    monkeypatch.setattr(prepared_cache, "PREPARE_VERSION", prepared_cache.PREPARE_VERSION + 1)
     assert all(s.stale for s in grid_status(results, configs))
 
 

@@ -5,7 +5,9 @@ run's train/validation/test sets (the layout's own, or k-fold as in the UCTransN
 Device-side augmentation lives in :mod:`ablation.data.augment`, the only module here that imports torch.
 """
 
-from ablation.data.prepare import DATASETS, PreparedDataset, PreparedSplit, load_prepared
+from ablation.data.dataset import PreparedDataset, PreparedSplit
+from ablation.data.prepare import load_prepared
+from ablation.data.resolve import DATASETS
 from ablation.data.splits import PAPER_FOLDS, PAPER_REPEATS, kfold, paper_protocol, run_splits
 
 __all__ = [

@@ -1,7 +1,7 @@
 """A prepared dataset and its splits file, copied into a folder another machine uses as its cache. No torch import.
 
 A machine without the datasets (a borrowed GPU machine, a cluster node) trains on a named dataset from its prepared
-file alone (:func:`ablation.data.prepare.find_prepared_cache`), with the fingerprint that file records, and reads
+file alone (:func:`ablation.data.cache.find_prepared_cache`), with the fingerprint that file records, and reads
 the same k-fold splits file as here: its runs have the same identity, dataset fingerprint and splits as runs
 trained here. The copy is compressed (GlaS at 224 px: about 23 MB instead of 50 MB).
 """
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ablation.data.prepare import (
-    DATASET_FOLDERS,
-    DEFAULT_IMG_SIZE,
-    DEFAULT_INTERPOLATION,
-    load_prepared,
-    write_prepared_copy,
-)
+from ablation.data.cache import write_prepared_copy
+from ablation.data.dataset import DEFAULT_IMG_SIZE
+from ablation.data.prepare import load_prepared
+from ablation.data.resize import DEFAULT_INTERPOLATION
+from ablation.data.resolve import DATASET_FOLDERS
 from ablation.data.splits import PAPER_FOLDS, run_splits, splits_file
 from ablation.errors import AblationError
 from ablation.io import atomic_write_bytes

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ablation.data.prepare import DEFAULT_IMG_SIZE, load_prepared
+from ablation.data.dataset import DEFAULT_IMG_SIZE
+from ablation.data.prepare import load_prepared
 
 
 def dataset_info(

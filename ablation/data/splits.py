@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ablation.data.prepare import PreparedDataset, PreparedSplit, default_cache_dir
+from ablation.data.cache import default_cache_dir
+from ablation.data.dataset import PreparedDataset, PreparedSplit
 from ablation.errors import AblationError
 from ablation.io import atomic_write_json, read_json
 

@@ -6,8 +6,9 @@ once through a training step and every validation image once through a forward p
 model scores the test set once, or 17 times with test-time masks (the 16 runtime masks and the plain model).
 
 Image counts come from the dataset layout without decoding an image: the files that
-:func:`ablation.data.readers.scan_reference_layout` lists and the fold sizes of :func:`ablation.data.splits.kfold`
-(GlaS: k folds of its training images; MoNuSeg: of Train + Val); the synthetic datasets have fixed sizes. FLOPs
+:func:`ablation.data.prepare.split_sizes` counts (or the names the prepared file holds that stands in for a
+dataset folder absent here) and the fold sizes of :func:`ablation.data.splits.kfold` (GlaS: k folds of its
+training images; MoNuSeg: of Train + Val); the synthetic datasets have fixed sizes. FLOPs
 use each variant's forward GFLOPs (:func:`ablation.models.model_summary`, the one place that needs torch,
 imported when first used): a training step counts :data:`TRAIN_STEP_FACTOR` x forward (forward + backward), an
 evaluation 1 x forward.
@@ -29,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablation.config import ModelConfig, RunConfig
-from ablation.data.prepare import DATASET_FOLDERS, default_data_root, resolve_dataset
-from ablation.data.readers import scan_reference_layout
+from ablation.data.prepare import split_sizes
+from ablation.data.resolve import DATASET_FOLDERS, default_data_root, resolve_dataset
 from ablation.data.splits import kfold
-from ablation.data.synthetic import DEFAULT_COUNTS as SYNTHETIC_COUNTS
 from ablation.errors import AblationError
 from ablation.packing import group_for_packing
 from ablation.skips import ALL_SUBSETS
@@ -148,13 +148,13 @@ def estimate_cost(
     if pack_size < 1 or devices < 1:
         raise AblationError(f"pack_size and devices must be >= 1, got {pack_size} and {devices}")
     flops = _FlopCounter(gflops)
-    datasets: dict[tuple[str, str | None], dict[str, int] | str] = {}
+    datasets: dict[tuple[str, str | None, int, str], dict[str, int] | str] = {}
     counted: dict[RunConfig, Passes] = {}  # specs never repeat a run (expand_spec drops duplicates)
     unknown: Counter[str] = Counter()
     for config in configs:
-        key = (config.dataset, config.data_root)
+        key = (config.dataset, config.data_root, config.model.img_size, config.interpolation)
         if key not in datasets:
-            datasets[key] = _dataset_counts(config.dataset, config.data_root)
+            datasets[key] = _dataset_counts(*key)
         sizes = _split_sizes(config, datasets[key])
         if isinstance(sizes, str):
             unknown[sizes] += 1
@@ -219,23 +219,26 @@ def format_cost(cost: GridCost) -> list[str]:
 # image counts ------------------------------------------------------------------------------------------------
 
 
-def _dataset_counts(dataset: str, data_root: str | None) -> dict[str, int] | str:
-    """Images per split (``train``, ``val`` when the layout has one, ``test``), or why they cannot be counted."""
-    key = dataset.lower()
+def _dataset_counts(
+    dataset: str, data_root: str | None, img_size: int, interpolation: str
+) -> dict[str, int] | str:
+    """Images per split (``train``, ``val`` when the layout has one, ``test``), or why they cannot be counted.
+
+    Counted as :func:`ablation.data.prepare.split_sizes` counts them: from the dataset folder's file names, or
+    from the names the prepared file holds that stands in for a named dataset whose folder is absent.
+    """
     try:
-        folder = resolve_dataset(dataset, data_root)
-    except AblationError:
-        if key in DATASET_FOLDERS:
-            root = Path(data_root) if data_root is not None else default_data_root()
-            return f"dataset not found: {root / DATASET_FOLDERS[key]}"
-        return f"dataset not found: {dataset}"
-    if folder is None:  # generated: the sizes load_prepared generates
-        return dict(SYNTHETIC_COUNTS)
-    try:
-        layout = scan_reference_layout(folder)
+        return split_sizes(dataset, data_root, img_size=img_size, interpolation=interpolation)
     except AblationError as error:
+        try:
+            resolve_dataset(dataset, data_root)
+        except AblationError:  # no folder here, and no prepared file stood in for it
+            key = dataset.lower()
+            if key in DATASET_FOLDERS:
+                root = Path(data_root) if data_root is not None else default_data_root()
+                return f"dataset not found: {root / DATASET_FOLDERS[key]}"
+            return f"dataset not found: {dataset}"
         return str(error)
-    return {split: len(samples) for split, samples in layout.items()}
 
 
 def _split_sizes(config: RunConfig, counts: dict[str, int] | str) -> SplitSizes | str:

@@ -345,9 +345,9 @@ def check_datasets(
     A dataset must be a known name (:data:`ablation.data.DATASETS`) or an existing folder; a named real
     dataset (glas, monuseg) must have its folder under its data root (the entry's ``data_root``, else
     $ABLATION_DATA, else ./data) or its one prepared file at the spec's size in the cache
-    (:func:`ablation.data.prepare.find_prepared_cache`). Resolution is as in training. With k-fold ``folds``,
-    ``num_folds`` must not exceed the images of a dataset folder's training pool (train + val), counted from its
-    file names (:func:`ablation.data.prepare.split_sizes`).
+    (:func:`ablation.data.cache.find_prepared_cache`). Resolution is as in training. With k-fold ``folds``,
+    ``num_folds`` must not exceed the images of a dataset's training pool (train + val), counted from its file
+    names or from the names its prepared file holds (:func:`ablation.data.prepare.split_sizes`).
 
     Args:
         grid: the parsed spec.
@@ -361,7 +361,9 @@ def check_datasets(
     Raises:
         AblationError: naming the spec file and the dataset, where it looked, and the valid names.
     """
-    from ablation.data.prepare import DATASET_FOLDERS, find_prepared_cache, resolve_dataset, split_sizes
+    from ablation.data.cache import find_prepared_cache
+    from ablation.data.prepare import split_sizes
+    from ablation.data.resolve import DATASET_FOLDERS, resolve_dataset
     from ablation.data.splits import check_num_folds
 
     where = grid.source or "spec"
@@ -379,15 +381,16 @@ def check_datasets(
                 )
             except AblationError as ambiguous:
                 raise AblationError(f"{where}: {ambiguous}") from None
-            if cached is not None:
+            if cached is None:
+                if strict or entry.name.lower() not in DATASET_FOLDERS:
+                    raise AblationError(f"{where}: {error}") from None
+                warnings.append(f"warning: {where}: {error}")
                 continue
-            if strict or entry.name.lower() not in DATASET_FOLDERS:
-                raise AblationError(f"{where}: {error}") from None
-            warnings.append(f"warning: {where}: {error}")
-            continue
         if any(replicate.fold is not None for replicate in grid.replicate_list()):
             try:
-                sizes = split_sizes(entry.name, entry.data_root)
+                sizes = split_sizes(
+                    entry.name, entry.data_root, img_size=grid.model.img_size, interpolation=grid.interpolation
+                )
                 check_num_folds(grid.num_folds, sizes["train"] + sizes.get("val", 0), setting="'folds'")
             except AblationError as error:
                 raise AblationError(f"{where}: dataset {entry.name!r}: {error}") from None

@@ -2,7 +2,7 @@
 
 Each image is read in any format the data readers support (PNG, JPEG, BMP, TIFF; grey, palette and alpha
 images become RGB), resized whole to each model's training size with that run's own interpolation (as its
-training data was, :func:`ablation.data.prepare.resize_image`), predicted (:mod:`ablation.predict.inference`,
+training data was, :func:`ablation.data.resize.resize_image`), predicted (:mod:`ablation.predict.inference`,
 optionally with test-time augmentation), and its probability map is resized back to the image's own size
 before thresholding. An ensemble averages its members' probability maps at the image's size.
 
@@ -30,7 +30,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ablation.data import readers
-from ablation.data.prepare import resize_image
+from ablation.data.resize import resize_image
 from ablation.errors import AblationError
 from ablation.io import atomic_write_bytes, atomic_write_json, ensure_folder
 from ablation.predict.inference import Predictor, load_predictor, predict_probabilities, resize_probability
