@@ -23,7 +23,8 @@ from ablation.data.prepare import dataset_fingerprint, split_sizes
 from ablation.errors import AblationError
 from ablation.grid import expand_spec, load_spec
 from ablation.grid.cost import estimate_cost
-from ablation.grid.spec import check_datasets, override_spec
+from ablation.grid.datasets import check_datasets
+from ablation.grid.spec import override_spec
 from ablation.io import read_json
 from ablation.store.layout import run_name
 from ablation.store.state import StaleCheck

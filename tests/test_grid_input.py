@@ -12,8 +12,8 @@ from test_grid_fakes import entries, fake_train
 from ablation.cli import main
 from ablation.errors import AblationError
 from ablation.grid import expand_spec, grid_status, load_spec, run_grid
+from ablation.grid.datasets import check_datasets
 from ablation.grid.filters import select_names
-from ablation.grid.spec import check_datasets
 from ablation.store.layout import name_fields, run_name
 
 TINY_TOML = (

@@ -5,7 +5,8 @@ Table 3) is one run folder; ``run_grid`` trains those not done yet, locally or o
 
 Modules, lowest first: ``locks`` (run claims), ``gpus`` (what the machine offers), ``status`` (where each run
 stands), ``execute`` (claim and train one unit), ``local`` and ``ray_backend`` (schedule units), ``runner``
-(``run_grid``), ``spec`` (experiment specs), ``filters`` (``--only``), ``cli``.
+(``run_grid``), ``spec_keys`` and ``spec`` (experiment specs), ``datasets`` (a spec's data found and foldable),
+``filters`` (``--only``), ``cost`` and ``throughput`` (``--dry-run``'s estimate), ``cli``.
 """
 
 from .execute import RunOutcome, execute_unit, train_runs

@@ -135,11 +135,13 @@ def run_command(args: argparse.Namespace) -> int:
     from ablation.config import parse_assignments
     from ablation.train.tensorboard_log import check_tensorboard
 
+    from .datasets import check_datasets
     from .gpus import check_gpus, parse_gpus
     from .local import check_workers
     from .order import check_sources
     from .runner import check_results_dir, run_grid
-    from .spec import check_datasets, expand_spec, load_spec, override_spec, parse_pack_size
+    from .spec import expand_spec, load_spec, override_spec
+    from .spec_keys import parse_pack_size
     from .status import iter_grid_status
 
     # The flags first: a bad value is an error even when every run is done and nothing would use it.

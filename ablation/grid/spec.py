@@ -23,15 +23,15 @@ training and model settings. It expands into one :class:`~ablation.config.RunCon
     [model]
     img_size = 224
 
-Parsing has two steps. :func:`_normalise` turns the keys that take several forms (``datasets``, ``connectors``
-and ``subsets``, ``folds`` and ``num_folds``, ``replicates``, ``pack_size``, a ``train.init_from`` table) into the
-fields of :class:`GridSpec`; then
-:func:`ablation.config.from_dict` checks every field's type, and builds ``[train]`` and ``[model]`` as the
+Parsing has two steps. :func:`ablation.grid.spec_keys.normalise` turns the keys that take several forms
+(``datasets``, ``connectors`` and ``subsets``, ``folds`` and ``num_folds``, ``replicates``, ``pack_size``, a
+``train.init_from`` table) into the fields of :class:`GridSpec`; then :func:`ablation.config.from_dict` checks
+every field's type, and builds ``[train]`` and ``[model]`` as the
 :class:`~ablation.config.TrainConfig` and :class:`~ablation.config.ModelConfig` every run starts from, exactly
 as ``ablation train --config`` does. Unknown keys and invalid values raise an AblationError naming the file and
 the key and listing the valid choices. Expanding resolves each ``train.init_from`` to a run of the grid
 (:func:`ablation.sources.resolve_sources`): a missing source or a cycle is an error before any run starts. No
-torch import here.
+torch import here; the datasets a spec needs are checked in :mod:`ablation.grid.datasets`.
 """
 
 from __future__ import annotations
@@ -39,14 +39,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
 from ablation.config import (
-    CONNECTORS,
-    INTERPOLATIONS,
     MAX_INT,
     ModelConfig,
     RunConfig,
@@ -59,57 +56,14 @@ from ablation.config import (
     read_config_file,
 )
 from ablation.errors import AblationError
-from ablation.skips import expand_subsets
 from ablation.sources import resolve_sources
 from ablation.store.layout import run_name
 
-SPEC_KEYS: dict[str, str] = {
-    "name": "grid name (default: the spec file's stem)",
-    "description": "free text, shown nowhere but kept for readers",
-    "out": "results folder (default: results/<name>)",
-    "datasets": "list of dataset names or folders, or tables {name = ..., data_root = ...}",
-    "data_root": "where named datasets live (default: $ABLATION_DATA or ./data)",
-    "connectors": f"list of connectors: {', '.join(CONNECTORS)} (default: ['unet'])",
-    "subsets": "'all' (16), 'paper' (Fig. 3 settings), a list of skip subsets, or a table of those per "
-    "connector (default: 'all')",
-    "seeds": "list of seeds (default: [0])",
-    "folds": "'official', an integer k for k-fold cross-validation, or a list of fold indices (default: official)",
-    "num_folds": "k when folds is a list of indices (default: 5)",
-    "interpolation": f"image resizing: {', '.join(INTERPOLATIONS)} (default: reference, as the reference code)",
-    "repeats": "k-fold repeats (default: 1)",
-    "replicates": "list of tables {seed = S, fold = F, repeat = R}, one per replicate, instead of crossing seeds, "
-    "folds and repeats (fold: an index, or 'official' when absent; repeat: default 0)",
-    "test_time_masks": "evaluate every all-skips model under all 16 runtime masks too (default: false)",
-    "pack_size": "runs trained together in one model pass: 'auto' (as many as fit on a GPU, 1 on CPU) or an "
-    "integer (default: 'auto')",
-    "train": "table of TrainConfig overrides; train.init_from may be a table per connector",
-    "model": "table of ModelConfig overrides (connector and skips come from the grid axes)",
-}
-# Spec keys that are GridSpec fields as they are; the others are normalised first.
-_PLAIN_KEYS = ("description", "seeds", "repeats", "test_time_masks", "interpolation", "model")
-DATASET_KEYS = ("name", "data_root")
-REPLICATE_KEYS = ("seed", "fold", "repeat")
+from .spec_keys import AXIS_KEYS, normalise
+
 # The most runs one spec may expand to (docs/grid.md): ~30x the paper's whole study (600 runs), and a grid that
 # still expands and lists in seconds. A larger study is split into several specs sharing one results folder.
 MAX_GRID_RUNS = 20_000
-# Set by the grid's own axes; an override in [model]/[train] would be silently replaced, so it is refused.
-_AXIS_KEYS = {
-    "model": {"connector": "connectors", "skips": "subsets"},
-    "train": {"test_time_masks": "test_time_masks"},
-}
-
-
-def parse_pack_size(value: Any, where: str) -> int | None:
-    """``"auto"`` -> None; a positive integer (or its text) -> itself; anything else is an error."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return None
-    try:
-        size = int(value)
-    except (TypeError, ValueError):
-        size = 0
-    if isinstance(value, bool) or size < 1 or (isinstance(value, float) and not value.is_integer()):
-        raise AblationError(f"{where} must be 'auto' or a positive integer, got {value!r}")
-    return size
 
 
 @dataclass(frozen=True)
@@ -299,7 +253,7 @@ def load_spec(spec: str | Path | dict[str, Any]) -> GridSpec:
             str(path),
         )
     try:
-        fields = _normalise(data, default_name)
+        fields = normalise(data, default_name)
         return from_dict(GridSpec, {**fields, "source": source})
     except AblationError as error:
         raise AblationError(f"{where}: {error}") from None
@@ -326,75 +280,15 @@ def override_spec(grid: GridSpec, overrides: dict[str, Any]) -> GridSpec:
     """
     for key in overrides:
         section, _, name = key.partition(".")
-        if section not in _AXIS_KEYS or not name:
+        if section not in AXIS_KEYS or not name:
             raise AblationError(
                 f"--set {key}: only model.* and train.* keys can be set for every run of a spec; datasets, "
                 "seeds and folds come from the spec (select runs with --only)"
             )
-        if name in _AXIS_KEYS[section]:
-            raise AblationError(f"--set {key}: set by the spec's key {_AXIS_KEYS[section][name]!r}; use that")
+        if name in AXIS_KEYS[section]:
+            raise AblationError(f"--set {key}: set by the spec's key {AXIS_KEYS[section][name]!r}; use that")
     tables = apply_overrides(RunConfig(model=grid.model, train=grid.train), overrides)
     return dataclasses.replace(grid, model=tables.model, train=tables.train)
-
-
-def check_datasets(
-    grid: GridSpec, configs: Sequence[RunConfig] | None = None, *, strict: bool = True
-) -> list[str]:
-    """Check that every dataset of a spec can be found and split as asked, before any run starts.
-
-    A dataset must be a known name (:data:`ablation.data.DATASETS`) or an existing folder; a named real
-    dataset (glas, monuseg) must have its folder under its data root (the entry's ``data_root``, else
-    $ABLATION_DATA, else ./data) or its one prepared file at the spec's size in the cache
-    (:func:`ablation.data.cache.find_prepared_cache`). Resolution is as in training. With k-fold ``folds``,
-    ``num_folds`` must not exceed the images of a dataset's training pool (train + val), counted from its file
-    names or from the names its prepared file holds (:func:`ablation.data.prepare.split_sizes`).
-
-    Args:
-        grid: the parsed spec.
-        configs: check only the datasets these runs use (the runs ``--only`` kept); default every dataset.
-        strict: raise for a named dataset whose folder is missing; False turns that into a warning (for
-            ``--dry-run``, which lists runs without reading data). Unknown names always raise.
-
-    Returns:
-        Warning lines, one per missing dataset folder (empty when ``strict`` or when every folder exists).
-
-    Raises:
-        AblationError: naming the spec file and the dataset, where it looked, and the valid names.
-    """
-    from ablation.data.cache import find_prepared_cache
-    from ablation.data.prepare import split_sizes
-    from ablation.data.resolve import DATASET_FOLDERS, resolve_dataset
-    from ablation.data.splits import check_num_folds
-
-    where = grid.source or "spec"
-    warnings = []
-    used = None if configs is None else {(config.dataset, config.data_root) for config in configs}
-    for entry in dict.fromkeys(grid.datasets):
-        if used is not None and (entry.name, entry.data_root) not in used:
-            continue
-        try:
-            resolve_dataset(entry.name, entry.data_root)
-        except AblationError as error:
-            try:
-                cached = find_prepared_cache(
-                    entry.name, img_size=grid.model.img_size, interpolation=grid.interpolation
-                )
-            except AblationError as ambiguous:
-                raise AblationError(f"{where}: {ambiguous}") from None
-            if cached is None:
-                if strict or entry.name.lower() not in DATASET_FOLDERS:
-                    raise AblationError(f"{where}: {error}") from None
-                warnings.append(f"warning: {where}: {error}")
-                continue
-        if any(replicate.fold is not None for replicate in grid.replicate_list()):
-            try:
-                sizes = split_sizes(
-                    entry.name, entry.data_root, img_size=grid.model.img_size, interpolation=grid.interpolation
-                )
-                check_num_folds(grid.num_folds, sizes["train"] + sizes.get("val", 0), setting="'folds'")
-            except AblationError as error:
-                raise AblationError(f"{where}: dataset {entry.name!r}: {error}") from None
-    return warnings
 
 
 def _check_folder_name(name: str) -> None:
@@ -415,137 +309,3 @@ def _check_out(out: str) -> None:
             f"'out' {out!r} must be a relative folder without '..' (results/<name> by default); give a folder "
             "elsewhere with --out on the command line"
         )
-
-
-# the keys that take several forms ------------------------------------------------------------------------------
-
-
-def _normalise(data: dict[str, Any], default_name: str) -> dict[str, Any]:
-    """The spec's keys as :class:`GridSpec` fields (types are checked afterwards by ``from_dict``)."""
-    unknown = [key for key in data if key not in SPEC_KEYS]
-    if unknown:
-        raise AblationError(f"unknown key {unknown[0]!r}: valid keys are {', '.join(SPEC_KEYS)}")
-    if "datasets" not in data:
-        raise AblationError("missing key 'datasets' (a list of dataset names or folders)")
-    for section, axes in _AXIS_KEYS.items():
-        table = data.get(section, {})
-        for key, axis in axes.items():
-            if isinstance(table, dict) and key in table:
-                raise AblationError(f"'{section}.{key}' is set by the top-level key {axis!r}; use that")
-    fields = {key: data[key] for key in _PLAIN_KEYS if key in data}
-    fields["name"] = data.get("name", default_name)
-    fields["out"] = data.get("out", f"results/{fields['name']}")
-    fields["datasets"] = [_dataset_entry(item, data.get("data_root")) for item in _listed(data, "datasets")]
-    fields["variants"] = _variants(data.get("connectors"), data.get("subsets", "all"))
-    if "replicates" in data:
-        crossed = [key for key in ("seeds", "folds", "repeats") if key in data]
-        if crossed:
-            raise AblationError(f"'replicates' replaces 'seeds', 'folds' and 'repeats': drop {crossed[0]!r}")
-        fields["replicates"] = [_replicate(item) for item in _listed(data, "replicates")]
-        fields["num_folds"] = data.get("num_folds", 5)
-    else:
-        fields["folds"], fields["num_folds"] = _folds(data.get("folds", "official"), data.get("num_folds"))
-    fields["train"], fields["init_from"] = _train_table(data.get("train", {}))
-    fields["pack_size"] = parse_pack_size(data.get("pack_size", "auto"), "'pack_size'")
-    return fields
-
-
-def _replicate(item: Any) -> dict[str, Any]:
-    """A ``replicates`` entry: a table with ``seed`` and, for k-fold splits, ``fold`` (and ``repeat``)."""
-    if not isinstance(item, dict):
-        raise AblationError(
-            f"'replicates' entries must be tables such as {{seed = 0, fold = 0}}, got {item!r}"
-        )
-    unknown = [key for key in item if key not in REPLICATE_KEYS]
-    if unknown:
-        raise AblationError(
-            f"unknown key {('replicates.' + unknown[0])!r}: valid keys are {', '.join(REPLICATE_KEYS)}"
-        )
-    if "seed" not in item:
-        raise AblationError(f"'replicates' entry {item!r} needs 'seed'")
-    return {**item, "fold": None} if item.get("fold") == "official" else item
-
-
-def _train_table(train: Any) -> tuple[Any, list[list[Any]]]:
-    """The ``[train]`` table without a per-connector ``init_from`` table, and that table as pairs."""
-    if not isinstance(train, dict):
-        return train, []
-    if "init_from_run" in train:
-        raise AblationError(
-            "'train.init_from_run' is filled in by the grid (the source run's name): set train.init_from"
-        )
-    if not isinstance(train.get("init_from"), dict):
-        return train, []
-    table = train["init_from"]
-    return {k: v for k, v in train.items() if k != "init_from"}, [[k, v] for k, v in table.items()]
-
-
-def _listed(data: dict[str, Any], key: str, default: Any = None) -> list[Any]:
-    value = data.get(key, default)
-    if not isinstance(value, list) or not value:
-        raise AblationError(f"{key!r} must be a non-empty list, got {value!r}")
-    return value
-
-
-def _dataset_entry(item: Any, data_root: Any) -> dict[str, Any]:
-    """A dataset name or folder, or a table ``{name, data_root}``; the top-level data_root is the default."""
-    if isinstance(item, str):
-        return {"name": item, "data_root": data_root}
-    if isinstance(item, dict):
-        unknown = [key for key in item if key not in DATASET_KEYS]
-        if unknown:
-            raise AblationError(
-                f"unknown key {('datasets.' + unknown[0])!r}: valid keys are {', '.join(DATASET_KEYS)}"
-            )
-        if "name" not in item:
-            raise AblationError("a dataset table needs 'name'")
-        return {"data_root": data_root, **item}
-    raise AblationError(f"'datasets' entries must be names, folders or tables, got {item!r}")
-
-
-def _variants(connectors: Any, subsets: Any) -> list[tuple[str, str]]:
-    """(connector, subset) pairs from ``connectors`` and ``subsets`` (a selection, or a table per connector)."""
-    if connectors is None:
-        connectors = list(subsets) if isinstance(subsets, dict) else ["unet"]
-    names = list(dict.fromkeys(check_connector(c) for c in _listed({"connectors": connectors}, "connectors")))
-    if not isinstance(subsets, dict):
-        selection = _subsets(subsets, "subsets")
-        return [(name, skips) for name in names for skips in selection]
-    for key in subsets:
-        if key not in names:
-            raise AblationError(
-                f"unknown key 'subsets.{key}': valid keys are the connectors {', '.join(names)}"
-            )
-    missing = [name for name in names if name not in subsets]
-    if missing:
-        raise AblationError(f"'subsets' has no entry for connector {missing[0]!r}")
-    return [(name, skips) for name in names for skips in _subsets(subsets[name], f"subsets.{name}")]
-
-
-def _subsets(selection: Any, key: str) -> list[str]:
-    """The skip subsets of a ``subsets`` value (or a connector's entry), naming ``key`` when it is bad."""
-    if isinstance(selection, list) and not selection:
-        raise AblationError(
-            f"{key!r} is an empty list: give 'all', 'paper' or a list of skip subsets such as ['1011', 'none']"
-        )
-    try:
-        return expand_subsets(selection)
-    except AblationError as error:
-        raise AblationError(f"{key!r}: {error}") from None
-
-
-def _folds(value: Any, num_folds: Any) -> tuple[Any, Any]:
-    """``(fold indices, k)`` from the spec's ``folds`` and ``num_folds`` keys."""
-    if value == "official":
-        if num_folds is not None:
-            raise AblationError("'num_folds' needs k-fold 'folds' (an integer k or a list)")
-        return [None], 5
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 2:
-            raise AblationError(f"'folds' must be an integer >= 2, got {value!r}")
-        if num_folds is not None and num_folds != value:
-            raise AblationError(f"'folds' = {value} and 'num_folds' = {num_folds} disagree; drop num_folds")
-        return list(range(value)), value
-    if isinstance(value, list) and value:
-        return value, 5 if num_folds is None else num_folds
-    raise AblationError("'folds' must be 'official', an integer k >= 2 or a list of fold indices")
