@@ -9,8 +9,7 @@ must not import torch, so ``ablation report`` keeps working where torch is not i
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ablation.lazy import lazy_exports
 
 _EXPORTS = {
     "build_model": "ablation.models.unet",
@@ -23,12 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ablation.models' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -7,8 +7,7 @@ Public API: :func:`predict_folder`, :func:`predict_study`, :func:`load_predictor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ablation.lazy import lazy_exports
 
 _EXPORTS = {
     "predict_folder": "ablation.predict.predict",
@@ -21,12 +20,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ablation.predict' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -8,8 +8,7 @@ Public API: :func:`train_run` (one run), :func:`train_packed` (K runs as one fus
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ablation.lazy import lazy_exports
 
 _EXPORTS = {
     "train_run": "ablation.train.engine",
@@ -20,8 +19,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ablation.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
