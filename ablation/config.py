@@ -1,25 +1,24 @@
 """Frozen, typed configuration of a run. No torch import: reports and the grid runner read these too.
 
 A run is (dataset, split, model, training settings, seed). Variants come from ``dataclasses.replace``; settings
-files (TOML or JSON) are read by :func:`read_config_file` and become configs through :func:`from_dict`, which
-rejects unknown keys with the list of valid ones and values of the wrong type; ``--set KEY=VALUE`` text goes
-through :func:`apply_overrides`, which reads each value as its field's type. Experiment specs
-(:mod:`ablation.grid.spec`) are checked by the same :func:`from_dict`.
+files (TOML or JSON, read by :func:`ablation.config_text.read_config_file`) become configs through
+:func:`from_dict`, which rejects unknown keys with the list of valid ones and values of the wrong type;
+``--set KEY=VALUE`` texts (:func:`ablation.config_text.parse_assignments`) go through :func:`apply_overrides`,
+which reads each value as its field's type. Experiment specs (:mod:`ablation.grid.spec`) are checked by the same
+:func:`from_dict`. The bounds every value is checked against are :mod:`ablation.limits`'. :data:`CONNECTORS` is
+the one table of what each connector is.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ablation.errors import AblationError
+from ablation.limits import MAX_BASE_CHANNELS, MAX_IMG_SIZE, MAX_INT, check_integers, check_range, shown
 from ablation.skips import parse_skips
 
 
@@ -35,6 +34,8 @@ class Connector:
         transformer: CCT (the channel transformer) fuses all skips before the decoder.
         paper_names: how the paper names it with all skips: the module-ablation label (Table 3) first, then any
             other name in ``ablation/resources/paper_results.csv`` (Table 1).
+        paper_init: the weights the paper starts it from: ``random``, what they come from (``a trained U-Net``:
+            the reference's ``UCTransNet_pretrain``), or None where the paper does not say (CCT and CCA alone).
         packed_gib: peak training memory of one packed variant at base 64, 224 px, batch 4, in GiB; sizes
             ``auto`` packs (:func:`ablation.packing.auto_pack_size`). Measured on an H200 with 16 variants and
             the earlier vmap engine for ``unet`` and ``uctransnet`` (results/benchmarks/, the vmap tables);
@@ -47,6 +48,7 @@ class Connector:
     channel_attention: bool
     transformer: bool
     paper_names: tuple[str, ...]
+    paper_init: str | None
     packed_gib: float
 
     @property
@@ -70,6 +72,7 @@ CONNECTORS: dict[str, Connector] = {
         channel_attention=False,
         transformer=False,
         paper_names=("Base", "U-Net"),
+        paper_init="random",
         packed_gib=1.7,  # 26.6 GiB / 16
     ),
     "cct": Connector(
@@ -78,6 +81,7 @@ CONNECTORS: dict[str, Connector] = {
         channel_attention=False,
         transformer=True,
         paper_names=("Base+CCT",),
+        paper_init=None,
         packed_gib=4.3,  # not measured: as uctransnet
     ),
     "cca": Connector(
@@ -86,6 +90,7 @@ CONNECTORS: dict[str, Connector] = {
         channel_attention=True,
         transformer=False,
         paper_names=("Base+CCA",),
+        paper_init=None,
         packed_gib=1.9,  # not measured: unet plus the CCA gates
     ),
     "uctransnet": Connector(
@@ -94,69 +99,21 @@ CONNECTORS: dict[str, Connector] = {
         channel_attention=True,
         transformer=True,
         paper_names=("Base+CCT+CCA", "UCTransNet"),
+        paper_init="a trained U-Net",
         packed_gib=4.3,  # 68.3 GiB / 16
     ),
 }
-
+# The connectors whose starting weights the paper states: None for random weights, else what they come from
+# (:attr:`Connector.paper_init`, as the report's protocol statement compares runs with it).
+PAPER_INIT = {
+    name: None if connector.paper_init == "random" else connector.paper_init
+    for name, connector in CONNECTORS.items()
+    if connector.paper_init is not None
+}
 
 PRECISIONS = ("auto", "bf16", "fp32")
-# The largest integer setting: seeds and every other integer fit a signed 64-bit integer, as TOML integers, the
-# report's int64 columns and torch's generators hold them (a larger seed would fail late, in the middle of a grid).
-MAX_INT = 2**63 - 1
-# Network sizes beyond which one image or one layer no longer fits any accelerator's memory: 18x the paper's
-# 224 px and 16x its base width of 64. Larger values would fail only once memory runs out, mid-grid.
-MAX_IMG_SIZE = 4096
-MAX_BASE_CHANNELS = 1024
 PACK_CONVS = ("grouped", "per_variant")  # how a fused pack runs its 3x3 convolutions (ablation.models.fused)
-INTERPOLATIONS = ("reference", "bilinear", "bicubic")  # see ablation.data.prepare
-
-
-def _check_range(
-    key: str,
-    value: float,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    below: float | None = None,
-    exclusive_minimum: bool = False,
-) -> None:
-    """Raise AblationError naming ``key`` unless ``value`` is a finite number inside the bounds."""
-    bounds = []
-    if minimum is not None:
-        bounds.append(f"{'>' if exclusive_minimum else '>='} {minimum}")
-    if maximum is not None:
-        bounds.append("<= 2**63 - 1" if maximum == MAX_INT else f"<= {maximum}")
-    if below is not None:
-        bounds.append(f"< {below}")
-    # An int is finite however large (math.isfinite would overflow converting 10**400 to a float).
-    ok = isinstance(value, int) or isinstance(value, float) and math.isfinite(value)
-    ok = ok and not isinstance(value, bool)
-    if ok and minimum is not None:
-        ok = value > minimum if exclusive_minimum else value >= minimum
-    if ok and maximum is not None:
-        ok = value <= maximum
-    if ok and below is not None:
-        ok = value < below
-    if not ok:
-        raise AblationError(f"config key {key!r} must be {' and '.join(bounds)}, got {_shown(value)}")
-
-
-def _shown(value: Any) -> str:
-    """``repr(value)``, with an integer of more than 30 digits shortened to its length."""
-    text = repr(value)
-    if isinstance(value, int) and len(text) > 30:
-        return f"an integer of {len(text.lstrip('-'))} digits"
-    return text
-
-
-def _check_integers(config: Any, section: str) -> None:
-    """Every integer field of a config dataclass (and each entry of an integer tuple) is at most :data:`MAX_INT`."""
-    for item in dataclasses.fields(config):
-        values = getattr(config, item.name)
-        for value in values if isinstance(values, tuple) else (values,):
-            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
-                key = f"{section}.{item.name}" if section else item.name
-                raise AblationError(f"config key {key!r} must be at most 2**63 - 1, got {_shown(value)}")
+INTERPOLATIONS = ("reference", "bilinear", "bicubic")  # see ablation.data.resize
 
 
 def check_connector(name: Any) -> str:
@@ -216,23 +173,23 @@ class ModelConfig:
         check_connector(self.connector)
         object.__setattr__(self, "skips", parse_skips(self.skips))
         object.__setattr__(self, "patch_sizes", tuple(self.patch_sizes))
-        _check_integers(self, "model")
+        check_integers(self, "model")
         if len(self.patch_sizes) != 4:
             raise AblationError(
                 f"config key 'model.patch_sizes' needs 4 sizes (L1..L4), got {list(self.patch_sizes)}"
             )
         for size in self.patch_sizes:
-            _check_range("model.patch_sizes", size, minimum=1)
+            check_range("model.patch_sizes", size, minimum=1)
         if not 16 <= self.img_size <= MAX_IMG_SIZE or self.img_size % 16:
             raise AblationError(
-                f"model.img_size {_shown(self.img_size)} must be a multiple of 16 (four 2x poolings) in "
+                f"model.img_size {shown(self.img_size)} must be a multiple of 16 (four 2x poolings) in "
                 f"16..{MAX_IMG_SIZE}"
             )
         for key in ("in_channels", "num_classes", "base_channels", "num_heads", "num_layers", "expand_ratio"):
-            _check_range(f"model.{key}", getattr(self, key), minimum=1)
-        _check_range("model.base_channels", self.base_channels, maximum=MAX_BASE_CHANNELS)
+            check_range(f"model.{key}", getattr(self, key), minimum=1)
+        check_range("model.base_channels", self.base_channels, maximum=MAX_BASE_CHANNELS)
         for key in ("embedding_dropout", "attention_dropout", "mlp_dropout"):
-            _check_range(f"model.{key}", getattr(self, key), minimum=0.0, below=1.0)
+            check_range(f"model.{key}", getattr(self, key), minimum=0.0, below=1.0)
 
 
 @dataclass(frozen=True)
@@ -280,17 +237,17 @@ class TrainConfig:
     tensorboard_images_every: int = 10
 
     def __post_init__(self) -> None:
-        _check_integers(self, "train")
+        check_integers(self, "train")
         for key in ("max_epochs", "batch_size", "scheduler_t0", "scheduler_t_mult", "checkpoint_every"):
-            _check_range(f"train.{key}", getattr(self, key), minimum=1)
-        _check_range("train.eval_batch_size", self.eval_batch_size, minimum=1)
+            check_range(f"train.{key}", getattr(self, key), minimum=1)
+        check_range("train.eval_batch_size", self.eval_batch_size, minimum=1)
         for key in ("patience", "min_best_epoch", "save_predictions", "tensorboard_images_every"):
-            _check_range(f"train.{key}", getattr(self, key), minimum=0)
-        _check_range("train.lr", self.lr, minimum=0.0, exclusive_minimum=True)
+            check_range(f"train.{key}", getattr(self, key), minimum=0)
+        check_range("train.lr", self.lr, minimum=0.0, exclusive_minimum=True)
         for key in ("weight_decay", "scheduler_eta_min"):
-            _check_range(f"train.{key}", getattr(self, key), minimum=0.0)
-        _check_range("train.bce_weight", self.bce_weight, minimum=0.0, maximum=1.0)
-        _check_range("train.threshold", self.threshold, minimum=0.0, exclusive_minimum=True, below=1.0)
+            check_range(f"train.{key}", getattr(self, key), minimum=0.0)
+        check_range("train.bce_weight", self.bce_weight, minimum=0.0, maximum=1.0)
+        check_range("train.threshold", self.threshold, minimum=0.0, exclusive_minimum=True, below=1.0)
         if self.precision not in PRECISIONS:
             raise AblationError(
                 f"unknown train.precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
@@ -323,9 +280,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_interpolation(self.interpolation)
-        _check_range("seed", self.seed, minimum=0, maximum=MAX_INT)
-        _check_range("num_folds", self.num_folds, minimum=2, maximum=MAX_INT)
-        _check_range("repeat", self.repeat, minimum=0, maximum=MAX_INT)
+        check_range("seed", self.seed, minimum=0, maximum=MAX_INT)
+        check_range("num_folds", self.num_folds, minimum=2, maximum=MAX_INT)
+        check_range("repeat", self.repeat, minimum=0, maximum=MAX_INT)
         if self.fold is not None and not 0 <= self.fold < self.num_folds:
             raise AblationError(f"fold {self.fold} out of range: choose 0..{self.num_folds - 1}")
 
@@ -398,7 +355,7 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
         try:
             return float(value)
         except OverflowError:
-            raise AblationError(f"config key {name!r}: {_shown(value)} is too large for a number") from None
+            raise AblationError(f"config key {name!r}: {shown(value)} is too large for a number") from None
     if hint is str and not isinstance(value, str):
         raise AblationError(f"config key {name!r}: expected a string, got {value!r}")
     return value
@@ -443,59 +400,3 @@ def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
         hint = typing.get_type_hints(cls).get(parts[-1])
         node[parts[-1]] = _from_text(hint, value) if isinstance(value, str) and hint is not None else value
     return from_dict(type(config), data)
-
-
-def parse_assignments(items: list[str], flag: str = "--set") -> dict[str, Any]:
-    """``KEY=VALUE`` texts as overrides for :func:`apply_overrides`.
-
-    ``none``/``null`` -> None, a JSON list -> list, anything else stays text (typed by :func:`apply_overrides`).
-
-    Raises:
-        AblationError: an item without ``=`` or key, or a list that does not parse.
-    """
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise AblationError(f"{flag} {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
-        value: Any = text
-        if text.strip().lower() in ("none", "null"):
-            value = None
-        elif text.strip().startswith("["):
-            try:
-                value = json.loads(text)
-            except ValueError:
-                raise AblationError(f"{flag} value {text!r} is not a valid list") from None
-        overrides[key.strip()] = value
-    return overrides
-
-
-def read_config_file(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """The table of a settings file, ``.toml`` or ``.json``: ``ablation train --config`` and experiment specs.
-
-    Args:
-        path: the file.
-        what: how messages call it (``config file``, ``spec file``).
-
-    Raises:
-        AblationError: naming the file when it is missing, unreadable, not UTF-8 text, not valid TOML/JSON, not a
-            table of keys at the top, or has another suffix.
-    """
-    path = Path(path)
-    kind = {".toml": "TOML", ".json": "JSON"}.get(path.suffix.lower())
-    if not path.is_file():
-        raise AblationError(f"{what} not found: {path}")
-    if kind is None:
-        raise AblationError(f"{what} {path}: unknown format {path.suffix!r}, use .toml or .json")
-    try:
-        text = path.read_bytes().decode("utf-8")
-        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
-    except UnicodeDecodeError as error:
-        raise AblationError(f"{path}: not a {kind} text file (byte {error.start} is not UTF-8)") from None
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        raise AblationError(f"{path}: invalid {kind}: {error}") from None
-    except OSError as error:
-        raise AblationError(f"cannot read {what} {path}: {error.strerror or error}") from None
-    if not isinstance(data, dict):
-        raise AblationError(f"{path}: expected a table of keys at the top, found {type(data).__name__}")
-    return data

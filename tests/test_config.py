@@ -15,9 +15,9 @@ from ablation.config import (
     TrainConfig,
     apply_overrides,
     from_dict,
-    read_config_file,
     to_dict,
 )
+from ablation.config_text import read_config_file
 from ablation.errors import AblationError
 from ablation.io import atomic_write_json, atomic_write_text, ensure_folder, read_json, read_json_table
 from ablation.packing import MASKABLE_CONNECTORS

@@ -15,7 +15,8 @@ import pytest
 from test_data import run_cli, write_reference
 
 from ablation.cli import main
-from ablation.config import ModelConfig, RunConfig, TrainConfig, parse_assignments
+from ablation.config import ModelConfig, RunConfig, TrainConfig
+from ablation.config_text import parse_assignments
 from ablation.data import load_prepared, run_splits
 from ablation.data.cache import find_prepared_cache
 from ablation.data.carry import copy_prepared

@@ -20,13 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ablation"
 
 # Import layers, lowest first: a module may import its own area and lower layers only. errors, skips, io,
-# config, store, packing and sources are the shared torch-free base (training writes run folders through store,
-# the grid groups runs with packing, both find a run's source with sources); ablation.cli, ablation.__main__ and every area's cli.py (or *_cli.py) form the top layer.
+# limits, lazy, config, config_text, store, packing and sources are the shared torch-free base (training writes
+# run folders through store, the grid groups runs with packing, both find a run's source with sources);
+# ablation.cli, ablation.__main__ and every area's cli.py (or *_cli.py) form the top layer.
 LAYERS: dict[str, int] = {
     "errors": 0,
     "skips": 1,
     "io": 1,
+    "limits": 1,
+    "lazy": 1,
     "config": 2,
+    "config_text": 2,
     "store": 3,
     "packing": 4,
     "sources": 4,
@@ -46,6 +50,9 @@ SHARED = [
     "ablation.store.writers",
     "ablation.store.state",
     "ablation.config",
+    "ablation.config_text",
+    "ablation.limits",
+    "ablation.lazy",
     "ablation.skips",
     "ablation.io",
     "ablation.errors",

@@ -10,11 +10,12 @@ import pytest
 from test_data import write_reference
 
 from ablation.cli import main
-from ablation.config import MAX_INT, ModelConfig, RunConfig, TrainConfig, from_dict
+from ablation.config import ModelConfig, RunConfig, TrainConfig, from_dict
 from ablation.errors import AblationError
 from ablation.grid import load_spec
 from ablation.grid.local import MAX_WORKERS, worker_devices
 from ablation.grid.spec import MAX_GRID_RUNS
+from ablation.limits import MAX_INT
 
 TINY = {
     "datasets": ["synthetic-nuclei"],

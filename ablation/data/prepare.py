@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.config import MAX_IMG_SIZE
 from ablation.data import readers, synthetic
 from ablation.data.cache import (
     cache_path,
@@ -42,6 +41,7 @@ from ablation.data.resize import (
 from ablation.data.resolve import DATASET_FOLDERS, resolve_dataset
 from ablation.errors import AblationError
 from ablation.io import fingerprint_files, stable_hash
+from ablation.limits import MAX_IMG_SIZE
 
 
 def load_prepared(

@@ -132,7 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from ablation.config import parse_assignments
+    from ablation.config_text import parse_assignments
     from ablation.train.tensorboard_log import check_tensorboard
 
     from .datasets import check_datasets

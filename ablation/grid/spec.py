@@ -44,7 +44,6 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from ablation.config import (
-    MAX_INT,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -53,9 +52,10 @@ from ablation.config import (
     check_interpolation,
     from_dict,
     parse_init_from,
-    read_config_file,
 )
+from ablation.config_text import read_config_file
 from ablation.errors import AblationError
+from ablation.limits import MAX_INT
 from ablation.sources import resolve_sources
 from ablation.store.layout import run_name
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from ablation.config import CONNECTORS
+from ablation.config import CONNECTORS, PAPER_INIT
 
 PAPER, REDUCED, DIFFERENT, UNRECORDED = "paper", "reduced", "different", "unrecorded"
 PAPER_BASE_CHANNELS = 64
@@ -28,8 +28,6 @@ PAPER_IMG_SIZE = 224
 PAPER_MAX_EPOCHS = 2000
 PAPER_PATIENCE = 50
 PAPER_REPLICATES = 15  # 3 repeats x 5-fold cross-validation
-# Starting weights per connector: None = random, else what they come from. CCT and CCA alone: not stated.
-PAPER_INIT = {"unet": None, "uctransnet": "a trained U-Net"}
 PAPER_COLUMN = {
     "base channels": str(PAPER_BASE_CHANNELS),
     "image size": f"{PAPER_IMG_SIZE} px",

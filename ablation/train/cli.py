@@ -83,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_run_config(args: argparse.Namespace) -> Any:
     """Defaults, then --config, then the explicit flags, then --set, as a RunConfig."""
-    from ablation.config import RunConfig, apply_overrides, from_dict, parse_assignments, read_config_file
+    from ablation.config import RunConfig, apply_overrides, from_dict
+    from ablation.config_text import parse_assignments, read_config_file
 
     config = from_dict(RunConfig, read_config_file(args.config)) if args.config else RunConfig()
     flags = {
