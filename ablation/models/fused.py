@@ -39,7 +39,7 @@ from ablation.models.fused_layers import (
     cat_variants,
     conv_weight_to_channels_last,
 )
-from ablation.models.unet import build_model, encoder_channels
+from ablation.models.unet import build_model, encoder_channels, keep_skips
 from ablation.skips import skip_flags
 
 # Connectors whose skips a fused pack may zero instead of removing (Connector.maskable: no CCT on the skips).
@@ -225,11 +225,12 @@ class FusedUNet(nn.Module):
         """Zero each variant's switched-off skips: ``skip_keep[k, l]`` scales variant k's channels of level l."""
         if self.skip_keep is None:
             return skips
-        return [
-            None if skip is None
-            else skip * self.skip_keep[:, level].to(skip.dtype).repeat_interleave(width)[None, :, None, None]
-            for level, (skip, width) in enumerate(zip(skips, self.skip_channels))
-        ]  # fmt: skip
+        # (K, 4) -> per level a (K*C_l,) 0/1 vector over the pack's channels, variant k's C_l channels in turn
+        keep = [
+            self.skip_keep[:, level].repeat_interleave(width)
+            for level, width in enumerate(self.skip_channels)
+        ]
+        return keep_skips(skips, keep)
 
     # one mapping between a variant's own network and its slice of the pack --------------------------------
 

@@ -24,6 +24,8 @@ widths ``base, 2 base, 4 base, 8 base, 8 base`` (the bottleneck keeps ``8 base``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -113,20 +115,33 @@ class SkipUNet(nn.Module):
         x4 = self.down3(x3)  # (B, 8c, H/8, W/8)
         x5 = self.down4(x4)  # (B, 8c, H/16, W/16)
         features = [x if on == "1" else None for x, on in zip((x1, x2, x3, x4), self.skips)]
-        s1, s2, s3, s4 = self._mask(self.mtc(features))
+        kept = [on == "1" for on in self.test_time_mask or "1111"]
+        s1, s2, s3, s4 = keep_skips(self.mtc(features), kept)
         d4 = self.up4(x5, s4)  # (B, 4c, H/8, W/8)
         d3 = self.up3(d4, s3)  # (B, 2c, H/4, W/4)
         d2 = self.up2(d3, s2)  # (B, c, H/2, W/2)
         d1 = self.up1(d2, s1)  # (B, c, H, W)
         return self.outc(d1)
 
-    def _mask(self, skips: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
-        if self.test_time_mask is None:
-            return skips
-        return [
-            skip if skip is None or keep == "1" else torch.zeros_like(skip)
-            for skip, keep in zip(skips, self.test_time_mask)
-        ]
+
+def keep_skips(
+    skips: Sequence[torch.Tensor | None], keep: Sequence[bool | torch.Tensor]
+) -> list[torch.Tensor | None]:
+    """Zero what a network does not keep of the skips its connector returns; a removed skip (None) stays None.
+
+    Args:
+        skips: per level L1..L4, ``(B, C_l, H_l, W_l)`` or None.
+        keep: per level, True (the skip as it is), False (zeros: test-time masking,
+            :meth:`SkipUNet.set_test_time_mask`) or a ``(C_l,)`` tensor of 0/1 that scales the skip's channels (a
+            fused pack, :class:`ablation.models.fused.FusedUNet`, whose variants keep different skips).
+    """
+    return [
+        None if skip is None
+        else skip if kept is True
+        else torch.zeros_like(skip) if kept is False
+        else skip * kept.to(skip.dtype)[None, :, None, None]
+        for skip, kept in zip(skips, keep)
+    ]  # fmt: skip
 
 
 def build_model(config: ModelConfig) -> SkipUNet:
