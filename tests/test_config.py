@@ -31,7 +31,7 @@ from ablation.skips import (
     skip_label,
 )
 from ablation.store.layout import METRICS_KEYS, STATUS_FILE, run_id, run_name, split_name
-from ablation.store.state import read_run_state, run_status
+from ablation.store.state import read_run_state
 
 
 @pytest.mark.parametrize(
@@ -214,20 +214,20 @@ def test_atomic_writes_and_json_errors(tmp_path: Path) -> None:
         ensure_folder(tmp_path / "afile" / "sub")
 
 
-def test_run_status_reads_damaged_files(tmp_path: Path) -> None:
+def test_run_state_reads_damaged_files(tmp_path: Path) -> None:
     config = RunConfig()
     tmp_path = tmp_path / run_name(config)  # a done run's folder is named after it
     tmp_path.mkdir()
-    assert run_status(tmp_path) == "pending"
+    assert read_run_state(tmp_path)[0] == "pending"
     (tmp_path / STATUS_FILE).write_text("[1]")
     assert read_run_state(tmp_path)[:2] == ("damaged", f"cannot read {tmp_path / STATUS_FILE}: expected a JSON "
                                             "object, found list")  # fmt: skip
     atomic_write_json(tmp_path / STATUS_FILE, {"status": "running", "epoch": 3})
-    assert run_status(tmp_path) == "running" and read_run_state(tmp_path)[2]["epoch"] == 3
+    assert read_run_state(tmp_path)[0] == "started" and read_run_state(tmp_path)[2]["epoch"] == 3
     atomic_write_json(tmp_path / STATUS_FILE, {"status": "failed: non-finite loss at epoch 3"})
     assert read_run_state(tmp_path)[:2] == ("failed", "non-finite loss at epoch 3")
     (tmp_path / "metrics.json").write_text("{}")  # finished, but config.json and test_metrics.csv are missing
-    assert run_status(tmp_path) == "damaged"
+    assert read_run_state(tmp_path)[0] == "damaged"
     atomic_write_json(tmp_path / "config.json", {"run_id": run_id(config)})
     (tmp_path / "test_metrics.csv").write_text("image,dice,iou\na,0.5,0.4\n")
     assert read_run_state(tmp_path)[:2] == ("damaged", f"{tmp_path / 'metrics.json'}: missing key 'status'")
@@ -237,7 +237,7 @@ def test_run_status_reads_damaged_files(tmp_path: Path) -> None:
     atomic_write_json(
         tmp_path / "metrics.json", {**numbers, "fold": None, "stopped_early": False, "device": "cpu"}
     )
-    assert run_status(tmp_path) == "done"
+    assert read_run_state(tmp_path)[0] == "done"
 
 
 def test_cli_turns_file_system_errors_into_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

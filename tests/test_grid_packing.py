@@ -20,7 +20,7 @@ from ablation.grid.runner import plan_units, resolve_pack_size
 from ablation.grid.spec import load_spec
 from ablation.packing import MAX_AUTO_PACK, auto_pack_size, can_pack, estimated_variant_bytes
 from ablation.store.layout import run_name
-from ablation.store.state import read_run_state, run_status
+from ablation.store.state import read_run_state
 
 GIB = 1024**3
 
@@ -107,7 +107,7 @@ def test_grid_trains_a_packed_unit_and_writes_every_run(tmp_path: Path, monkeypa
     summary = run_grid(configs, tmp_path, workers=1, pack_size=3, progress=False)
     assert calls == [3]
     assert summary.exit_code == 0 and sorted(summary.names("done")) == sorted(run_name(c) for c in configs)
-    assert all(run_status(tmp_path / run_name(c)) == "done" for c in configs)
+    assert all(read_run_state(tmp_path / run_name(c))[0] == "done" for c in configs)
     # A rerun finds everything done and trains nothing.
     again = run_grid(configs, tmp_path, workers=1, pack_size=3, progress=False)
     assert calls == [3] and len(again.names("skipped")) == 3

@@ -52,7 +52,7 @@ def test_writers_make_a_done_run_folder(tmp_path: Path) -> None:
     metrics = {key: 0 for key in layout.METRICS_KEYS} | {"seed": 3}
     with pytest.raises(ValueError, match="lacks dice_mean"):
         writers.write_metrics(run_dir, {k: v for k, v in metrics.items() if k != "dice_mean"})
-    assert state.run_status(run_dir) == "pending"
+    assert state.read_run_state(run_dir)[0] == "pending"
     typed = {
         "status": "done",
         "run_id": layout.run_id(config),
@@ -61,7 +61,7 @@ def test_writers_make_a_done_run_folder(tmp_path: Path) -> None:
     }
     typed.update(connector="unet", skips="1111", fold=None, stopped_early=False, device="cpu")
     writers.write_metrics(run_dir, {**metrics, **typed})  # the types the store's reader validates
-    assert state.run_status(run_dir) == "done" and readers.done_run_problem(run_dir) is None
+    assert state.read_run_state(run_dir)[0] == "done" and readers.done_run_problem(run_dir) is None
 
 
 def test_metrics_writer_refuses_what_the_readers_would_call_damaged(tmp_path: Path) -> None:

@@ -76,7 +76,7 @@ def test_tiny_run_writes_every_file(reference_run: tuple[RunConfig, Path, dict])
         layout.METRICS_FILE,
     ):  # fmt: skip
         assert (run_dir / name).is_file(), name
-    assert state.run_status(run_dir) == "done"
+    assert state.read_run_state(run_dir)[0] == "done"
     assert read_json(run_dir / layout.METRICS_FILE) == metrics
     assert set(METRICS_KEYS) <= set(metrics)
     assert metrics["run_id"] == layout.run_id(config) and metrics["epochs_run"] == 3
@@ -158,7 +158,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path, monk
     monkeypatch.setattr(pack.Pack, "validate", crashing_validate)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_run(config, tmp_path / "split", device="cpu", progress=False)
-    assert state.run_status(tmp_path / "split") == "failed"
+    assert state.read_run_state(tmp_path / "split")[0] == "failed"
     assert torch.load(tmp_path / "split" / layout.LAST_CHECKPOINT, weights_only=True)["epoch"] == 2
     monkeypatch.setattr(pack.Pack, "validate", real_validate)
     resumed = train_run(config, tmp_path / "split", device="cpu", progress=False)
@@ -247,7 +247,7 @@ def test_non_finite_loss_fails_the_run(tmp_path: Path, monkeypatch) -> None:
         train_run(tiny_config(), tmp_path / "run", device="cpu", progress=False)
     status = read_json(tmp_path / "run" / layout.STATUS_FILE)
     assert status["status"] == "failed: non-finite loss at epoch 2"
-    assert state.run_status(tmp_path / "run") == "failed"
+    assert state.read_run_state(tmp_path / "run")[0] == "failed"
     assert not (tmp_path / "run" / layout.METRICS_FILE).exists()
 
 

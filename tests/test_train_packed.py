@@ -75,7 +75,9 @@ def test_train_packed_writes_run_folders_like_train_run(tmp_path: Path) -> None:
             layout.BEST_CHECKPOINT, layout.TEST_METRICS_FILE, layout.PREDICTIONS_FILE, layout.METRICS_FILE,
         ):  # fmt: skip
             assert (run_dir / name).is_file(), name
-        assert state.run_status(run_dir) == "done" and read_json(run_dir / layout.METRICS_FILE) == result
+        assert (
+            state.read_run_state(run_dir)[0] == "done" and read_json(run_dir / layout.METRICS_FILE) == result
+        )
         assert result["run_id"] == layout.run_id(config) and result["skips"] == config.model.skips
         assert (
             0.0 <= result["dice_mean"] <= 1.0 and np.isfinite(result["hd95_mean"]) and result["seconds"] > 0
@@ -135,7 +137,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_pack(
     monkeypatch.setattr(engine, "end_epoch", crash_in_epoch_three)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_packed(configs, dirs, device="cpu", progress=False)
-    assert all(state.run_status(d) == "failed" for d in dirs)
+    assert all(state.read_run_state(d)[0] == "failed" for d in dirs)
     assert len(_history(dirs[0])) == 3  # epoch 3 was appended before the crash: resuming must redo it
     monkeypatch.setattr(engine, "end_epoch", real_end_epoch)
     resumed = train_packed(configs, dirs, device="cpu", progress=False)
@@ -209,7 +211,7 @@ def test_non_finite_variant_fails_alone(tmp_path: Path, monkeypatch: pytest.Monk
     assert results[0]["status"] == "done" and results[0]["epochs_run"] == 2
     assert results[1]["status"] == "failed: non-finite loss at epoch 1"
     assert read_json(dirs[1] / layout.STATUS_FILE)["status"] == "failed: non-finite loss at epoch 1"
-    assert state.run_status(dirs[1]) == "failed" and not (dirs[1] / layout.METRICS_FILE).exists()
+    assert state.read_run_state(dirs[1])[0] == "failed" and not (dirs[1] / layout.METRICS_FILE).exists()
 
 
 def test_bad_input(tmp_path: Path) -> None:

@@ -66,12 +66,6 @@ def read_run_state(run_dir: str | Path) -> tuple[str, str, dict[str, Any]]:
     return "started", "", record
 
 
-def run_status(run_dir: str | Path) -> str:
-    """``done``, ``damaged``, ``failed``, ``running`` (started, not finished) or ``pending``."""
-    status = read_run_state(run_dir)[0]
-    return "running" if status == "started" else status
-
-
 def checkpoint_problem(path: str | Path) -> str | None:
     """Why checkpoint_last.pt cannot be resumed from, from its file alone (no torch), or None (sound or absent).
 
