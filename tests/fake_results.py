@@ -14,6 +14,8 @@ and per-run x image noise. Parameter counts and GFLOPs are made-up deterministic
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,12 +24,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ablation.config import CONNECTORS, ModelConfig, RunConfig, TrainConfig
+from ablation.config import (
+    CONNECTORS,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    to_dict,
+)
 from ablation.errors import AblationError
 from ablation.skips import ALL_SUBSETS, expand_subsets, skip_flags
 from ablation.store import (
     MASKED_METRICS_FILE,
+    RUN_RECORD_KEYS,
     TEST_METRICS_FILE,
+    done_run_problem,
+    find_runs,
     run_id,
     run_name,
     write_history,
@@ -165,6 +178,32 @@ def make_fake_results(
                             object_metrics=object_metrics,
                         )
                         written.append(run_dir)
+    return written
+
+
+def copy_as_setting(
+    source: str | Path, root: str | Path, overrides: Mapping[str, Any], env: Mapping[str, Any] | None = None
+) -> list[Path]:
+    """Copy the run folders under ``source`` into ``root`` as runs of another setting: each config.json gets
+    ``overrides`` (dotted keys, as ``--set``) and ``env`` entries, and the run's name, id and metrics.json follow,
+    so the copies are sound runs of that setting. Returns the new run folders."""
+    written = []
+    for run in find_runs(source):
+        record = json.loads((run / "config.json").read_text())
+        config = from_dict(RunConfig, {k: v for k, v in record.items() if k not in RUN_RECORD_KEYS})
+        config = apply_overrides(config, dict(overrides))
+        target = Path(root) / run_name(config)
+        shutil.copytree(run, target)
+        identity = {"run_id": run_id(config), "run_name": run_name(config)}
+        new_env = {**record["env"], **(env or {})}
+        (target / "config.json").write_text(json.dumps({**to_dict(config), **identity, "env": new_env}))
+        if (target / "metrics.json").exists():
+            metrics = json.loads((target / "metrics.json").read_text())
+            (target / "metrics.json").write_text(
+                json.dumps({**metrics, **identity, "dataset": config.dataset})
+            )
+            assert done_run_problem(target) is None, target
+        written.append(target)
     return written
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from fake_results import make_fake_results
 
@@ -51,6 +52,27 @@ def test_damaged_files_are_listed_not_fatal(tmp_path: Path):
     assert f"- damaged: cannot read {runs['1111'] / 'predictions.npz'}" in gaps
     assert "skipped figure synthetic-nuclei_qualitative: no seed/split has readable predictions.npz" in gaps
     assert "damaged" in (out / "tables" / "gaps.csv").read_text()
+
+
+def test_gaps_csv_lists_every_run_without_a_result(tmp_path: Path):
+    # Two runs whose config.json cannot be read share no identity to tell them apart but their names.
+    root = tmp_path / "results"
+    runs = _runs(root, subsets=["0000", "1111", "1000", "0100"], running=[{"skips": "0100"}], predictions=0)
+    for skips in ("0000", "1111"):
+        (runs[skips] / "config.json").write_text("{not json")
+    (root / "grid.json").write_text(json.dumps({"runs": [run.name for run in runs.values()]}))
+    out = write_report(root, n_boot=100)
+    gaps = pd.read_csv(out / "tables" / "gaps.csv", dtype={"skips": str}).set_index("run_name")
+    listed = {
+        runs[s].name: status for s, status in (("0000", "damaged"), ("1111", "damaged"), ("0100", "running"))
+    }
+    assert gaps["status"].to_dict() == listed
+    assert "cannot read" in gaps.loc[runs["0000"].name, "error"]
+    readme = (out / "README.md").read_text()
+    assert all(f"`{name}`" in readme[readme.index("## Gaps") :] for name in listed)
+    assert (
+        "- missing:" not in readme
+    )  # a damaged run is placed by its folder name, not listed again as absent
 
 
 def test_a_damaged_prediction_file_falls_back_to_another_replicate(tmp_path: Path):

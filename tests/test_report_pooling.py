@@ -12,35 +12,13 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from fake_results import PlantedEffects, make_fake_results
+from fake_results import PlantedEffects, copy_as_setting, make_fake_results
 
-from ablation.config import RunConfig, apply_overrides, from_dict, to_dict
 from ablation.report import tables, write_report
 from ablation.report.load import apart_note, load_results
-from ablation.store import RUN_RECORD_KEYS, done_run_problem, find_runs, run_id, run_name
+from ablation.store import find_runs
 
 LOW = PlantedEffects(base=0.40)  # far below the default 0.70, so pooling the two would show
-
-
-def _variant(source: Path, root: Path, overrides: dict[str, Any], env: dict[str, Any] | None = None) -> None:
-    """Copy the runs under ``source`` into ``root`` as runs of another setting: config, name and id follow it."""
-    for run in find_runs(source):
-        record = json.loads((run / "config.json").read_text())
-        config = from_dict(RunConfig, {k: v for k, v in record.items() if k not in RUN_RECORD_KEYS})
-        config = apply_overrides(config, overrides)
-        target = root / run_name(config)
-        shutil.copytree(run, target)
-        identity = {"run_id": run_id(config), "run_name": run_name(config)}
-        new_env = {**record["env"], **(env or {})}
-        (target / "config.json").write_text(json.dumps({**to_dict(config), **identity, "env": new_env}))
-        metrics = (
-            json.loads((target / "metrics.json").read_text()) if (target / "metrics.json").exists() else None
-        )
-        if metrics is not None:
-            (target / "metrics.json").write_text(
-                json.dumps({**metrics, **identity, "dataset": config.dataset})
-            )
-        assert metrics is None or done_run_problem(target) is None
 
 
 def _study(root: Path, **kwargs: Any) -> None:
@@ -63,7 +41,7 @@ def test_a_training_setting_that_differs_splits_the_dataset(tmp_path: Path) -> N
     root = tmp_path / "results"
     _study(root)
     _study(tmp_path / "other", effects=LOW)
-    _variant(tmp_path / "other", root, {"train.lr": 1e-4})
+    copy_as_setting(tmp_path / "other", root, {"train.lr": 1e-4})
     results = load_results(root)
     high, low = "synthetic-nuclei@lr=0.001", "synthetic-nuclei@lr=0.0001"
     assert results.datasets == sorted([high, low])
@@ -92,7 +70,7 @@ def test_every_report_item_keeps_the_settings_apart(tmp_path: Path) -> None:
     root = tmp_path / "results"
     _study(root, subsets="paper")
     _study(tmp_path / "other", subsets="paper", effects=LOW)
-    _variant(tmp_path / "other", root, {"model.base_channels": 16})
+    copy_as_setting(tmp_path / "other", root, {"model.base_channels": 16})
     out = write_report(root, n_boot=100)
     written = {path.name for path in (out / "tables").iterdir()}
     for label in ("synthetic-nuclei@base_channels=8", "synthetic-nuclei@base_channels=16"):
@@ -103,6 +81,10 @@ def test_every_report_item_keeps_the_settings_apart(tmp_path: Path) -> None:
     assert "differ in model.base_channels, so they are not pooled" in text
     findings = (out / "findings.md").read_text()
     assert "synthetic-nuclei@base_channels=16" in findings and "synthetic-nuclei@base_channels=8" in findings
+    readme = (out / "README.md").read_text()
+    apart = readme[readme.index("## Datasets kept apart") : readme.index("## Protocol behind the verdicts")]
+    note = apart_note(load_results(root), "synthetic-nuclei@base_channels=16")
+    assert apart.strip().splitlines()[1:] == ["", f"- {note}"]
 
 
 @pytest.mark.parametrize(
@@ -125,7 +107,7 @@ def test_labels_name_the_keys_that_differ(
     root = tmp_path / "results"
     _study(root)
     _study(tmp_path / "other", effects=LOW)
-    _variant(tmp_path / "other", root, overrides)
+    copy_as_setting(tmp_path / "other", root, overrides)
     results = load_results(root)
     assert results.datasets == sorted(f"synthetic-nuclei@{label}" for label in labels)
 
@@ -140,7 +122,7 @@ def test_too_long_labels_are_numbered(tmp_path: Path) -> None:
         "train.bce_weight": 0.3,
     }
     _study(tmp_path / "other", seeds=(0,), effects=LOW)
-    _variant(tmp_path / "other", root, overrides)
+    copy_as_setting(tmp_path / "other", root, overrides)
     results = load_results(root)
     assert results.datasets == ["synthetic-nuclei@1", "synthetic-nuclei@2"]  # 1: the setting with most runs
     assert _mean_dice(results, "synthetic-nuclei@1") > 0.7 > _mean_dice(results, "synthetic-nuclei@2")
@@ -191,7 +173,7 @@ def test_one_dataset_under_two_data_roots_is_pooled(tmp_path: Path) -> None:
     _set_env(root, dataset_fingerprint="aaaa1111bbbb2222")
     _study(tmp_path / "other", datasets=["glas"], seeds=(1,))
     _set_env(tmp_path / "other", dataset_fingerprint="aaaa1111bbbb2222")
-    _variant(tmp_path / "other", root, {"data_root": "/mnt/cluster/data"})
+    copy_as_setting(tmp_path / "other", root, {"data_root": "/mnt/cluster/data"})
     results = load_results(root)
     assert results.datasets == ["glas"] and results.apart.empty
     table = tables.subset_table(results, "glas").data
@@ -212,7 +194,7 @@ def test_settings_that_do_not_change_results_are_pooled(tmp_path: Path, override
     root = tmp_path / "results"
     _study(root, seeds=(0,))
     _study(tmp_path / "other", seeds=(1,))
-    _variant(tmp_path / "other", root, overrides)
+    copy_as_setting(tmp_path / "other", root, overrides)
     results = load_results(root)
     assert results.datasets == ["synthetic-nuclei"] and results.apart.empty
 
@@ -228,7 +210,7 @@ def test_failed_and_running_runs_carry_their_setting(tmp_path: Path) -> None:
     root = tmp_path / "results"
     _study(root)
     _study(tmp_path / "other", failed=[{"skips": "1000"}], running=[{"skips": "0000", "seed": 1}])
-    _variant(tmp_path / "other", root, {"train.lr": 1e-4})
+    copy_as_setting(tmp_path / "other", root, {"train.lr": 1e-4})
     results = load_results(root)
     label = "synthetic-nuclei@lr=0.0001"
     assert set(results.failed["dataset"]) == {label} and set(results.incomplete["dataset"]) == {label}
@@ -255,7 +237,7 @@ def test_a_recorded_run_without_a_folder_joins_the_label_with_most_runs(tmp_path
     root = tmp_path / "results"
     _study(root)
     _study(tmp_path / "other", seeds=(0,))
-    _variant(tmp_path / "other", root, {"train.lr": 1e-4})
+    copy_as_setting(tmp_path / "other", root, {"train.lr": 1e-4})
     names = [run.name for run in find_runs(root)]
     absent = next(name for name in names if "_1111_" in name).replace("_1111_", "_0110_")
     (root / "grid.json").write_text(json.dumps({"runs": [*names, absent]}))
@@ -274,10 +256,64 @@ def test_runs_started_from_other_runs_pool_with_them(tmp_path: Path) -> None:
     for seed in (0, 1):
         other = tmp_path / f"uctransnet{seed}"
         _study(other, connectors=("uctransnet",), seeds=(seed,))
-        _variant(
+        copy_as_setting(
             other, root, {"train.init_from": "unet/1111", "train.init_from_run": f"source-of-seed-{seed}"}
         )
     results = load_results(root)
     assert results.datasets == ["synthetic-nuclei"] and results.apart.empty
     assert set(results.runs["connector"]) == {"unet", "uctransnet"}
     assert set(results.runs.loc[results.runs["connector"] == "uctransnet", "init_from"]) == {"unet/1111"}
+
+
+def _module_ablation_with_two_starts(root: Path, tmp_path: Path, dataset: str = "synthetic-nuclei") -> None:
+    """U-Net from random weights; UCTransNet from the U-Net-all run of its seed and, planted far lower, UCTransNet
+    from random weights too: one connector, two starts, in one folder."""
+    _study(root, datasets=[dataset])
+    for seed in (0, 1):
+        other = tmp_path / f"pretrained{seed}"
+        _study(other, datasets=[dataset], connectors=("uctransnet",), seeds=(seed,))
+        copy_as_setting(
+            other, root, {"train.init_from": "unet/1111", "train.init_from_run": f"source-{seed}"}
+        )
+    _study(tmp_path / "random", datasets=[dataset], connectors=("uctransnet",), effects=LOW)
+    for run in find_runs(tmp_path / "random"):
+        shutil.copytree(run, root / run.name)
+
+
+def test_one_connector_from_two_starts_is_kept_apart(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    _module_ablation_with_two_starts(root, tmp_path)
+    results = load_results(root)
+    pretrained, random = "synthetic-nuclei@uctransnet=from-unet-1111", "synthetic-nuclei@uctransnet=random"
+    assert results.datasets == [pretrained, random]
+    runs = results.runs.groupby("dataset")["connector"].agg(lambda c: sorted(set(c))).to_dict()
+    # The connector with one start (U-Net) stays with the start most UCTransNet runs share.
+    assert runs == {pretrained: ["uctransnet", "unet"], random: ["uctransnet"]}
+    uctransnet = results.images[results.images["connector"] == "uctransnet"]
+    means = uctransnet.groupby("dataset")["dice"].mean()
+    assert means[random] < 0.6 < 0.7 < means[pretrained]  # never averaged together
+    apart = results.apart.set_index("dataset")
+    assert apart.loc[pretrained, "setting"] == "train.init_from = unet random, uctransnet from unet/1111"
+    assert apart.loc[random, "setting"] == "train.init_from = uctransnet random"
+    note = apart_note(results, random)
+    assert note.startswith("Runs of synthetic-nuclei differ in train.init_from, so they are not pooled")
+    assert "runs that started from different weights (train.init_from) are not replicates" in note
+    # The inferred grid expects of each start only its own connectors: no U-Net runs missing under "random".
+    assert set(results.missing["dataset"]) == {pretrained}
+    module = tables.module_table(results, pretrained).data.set_index("connector")
+    assert module.loc["uctransnet", "runs"] == 2 and module.loc["unet", "runs"] == 2
+
+
+def test_starts_and_another_setting_both_name_the_labels(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    _module_ablation_with_two_starts(root, tmp_path)
+    _study(tmp_path / "lr", seeds=(0,))
+    copy_as_setting(tmp_path / "lr", root, {"train.lr": 1e-4})
+    results = load_results(root)
+    # The lr=0.0001 runs (U-Net only) have no start of UCTransNet to name.
+    assert results.datasets == [
+        "synthetic-nuclei@lr=0.0001",
+        "synthetic-nuclei@uctransnet=from-unet-1111,lr=0.001",
+        "synthetic-nuclei@uctransnet=random,lr=0.001",
+    ]
+    assert set(results.apart["differs"]) == {"train.init_from, train.lr"}

@@ -2,9 +2,10 @@
 
 Every run folder follows the contract in :mod:`ablation.store`. A run counts as done exactly when ``metrics.json``
 exists and every file read back passes the store's checks; failed, damaged (a file that cannot be read or holds a
-wrong type, NaN or a value out of range) and still-running runs are listed, not fatal. Runs whose datasets share a
-name but not their settings are never pooled: each setting is a dataset of its own (:mod:`ablation.report.pooling`). The
-expected grid is the one ``ablation run`` recorded in ``grid.json``, else the one the run folders imply.
+wrong type, NaN or a value out of range) and still-running runs are listed, not fatal. Runs whose datasets share
+a name but not their settings (or, within a connector, their initialisation) are never pooled: each is a dataset
+of its own (:mod:`ablation.report.pooling`). The expected grid is the one ``ablation run`` recorded in
+``grid.json``, else the one the run folders imply (:mod:`ablation.report.expected`).
 The per-image frame has one row per run x test image (``masking="retrained"``: the model was built and
 trained with that skip subset) plus, where a run wrote ``masked_metrics.csv``, one row per runtime mask x
 test image of that all-skips model (``masking="test-time"``, ``skips`` = the mask). Metrics stay as
@@ -15,7 +16,6 @@ AAAI 2022) does.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ import pandas as pd
 from ablation.config import CONNECTORS, RunConfig
 from ablation.data.prepare import dataset_fingerprint
 from ablation.errors import AblationError
-from ablation.report.pooling import APART_COLUMNS, dataset_labels
-from ablation.skips import ALL_SUBSETS, PAIR_SUBSETS, PAPER_SUBSETS, skip_label
+from ablation.report.expected import KEY_COLUMNS, expected_grid, labels_by_slug, missing_runs, recorded_grid
+from ablation.report.pooling import APART_COLUMNS, INIT_KEY, dataset_labels
+from ablation.skips import ALL_SUBSETS, skip_label
 from ablation.store import (
     CONFIG_FILE,
     IMAGE_METRIC_RANGES,
@@ -33,13 +34,11 @@ from ablation.store import (
     PREDICTIONS_FILE,
     DoneRun,
     StaleCheck,
-    dataset_slug,
     find_runs,
     name_fields,
     read_done_run,
     read_run_config,
     read_run_state,
-    recorded_runs,
 )
 
 RETRAINED = "retrained"
@@ -47,7 +46,6 @@ TEST_TIME = "test-time"
 MASKINGS = (RETRAINED, TEST_TIME)
 
 IMAGE_METRICS = tuple(IMAGE_METRIC_RANGES)  # dice, iou, hd95, object_f1, object_dice, object_hausdorff
-KEY_COLUMNS = ("dataset", "connector", "skips", "seed", "split")
 IMAGE_COLUMNS = (
     "run_id",
     "run_name",
@@ -63,6 +61,7 @@ IMAGE_COLUMNS = (
     "image",
 )
 RUN_LIST_COLUMNS = ("run_name", "run_id", "path", "dataset", "connector", "skips", "seed", "split", "status")
+GAPS_COLUMNS = ("run_name", "status", "dataset", "connector", "skips", "seed", "split", "error")
 # config.json settings each done run's row carries, for the protocol the report states beside each verdict
 # (ablation.report.protocol): column -> (section, key). A key the config lacks reads as None.
 PROTOCOL_SETTINGS = {
@@ -126,6 +125,13 @@ class Results:
         """The dataset name a label stands for (``glas`` for ``glas@lr=0.0001``); other names as they are."""
         match = self.apart[self.apart["dataset"] == dataset]
         return str(match.iloc[0]["name"]) if not match.empty else dataset
+
+    def gaps(self) -> pd.DataFrame:
+        """Every run without a result, one row each: failed and damaged runs (with the error), running and
+        pending ones, then the expected combinations without a run folder (``absent``, no ``run_name``)."""
+        absent = self.missing[self.missing["status"] == "absent"]
+        frames = [self.failed, self.incomplete, absent]
+        return pd.concat([frame.reindex(columns=GAPS_COLUMNS) for frame in frames], ignore_index=True)
 
     def filter(
         self,
@@ -230,10 +236,11 @@ def load_results(results_dir: str | Path) -> Results:
 
     image_frames, history_frames, run_rows, failed_rows, incomplete_rows = [], [], [], [], []
     stale = StaleCheck(dataset_fingerprint)
+    slugs = labels_by_slug(apart, list(labels.values()))
     for run_dir in run_dirs:
         entry = configs[run_dir]
-        if isinstance(entry, str):
-            failed_rows.append(_run_row(run_dir, {}, "damaged", error=entry))
+        if isinstance(entry, str):  # placed in the grid by its folder name, when that is a run name
+            failed_rows.append(_run_row(run_dir, _name_identity(run_dir, slugs), "damaged", error=entry))
             continue
         identity = _identity(run_dir, *entry, dataset=labels[run_dir])
         if (run_dir / METRICS_FILE).exists():
@@ -278,10 +285,11 @@ def load_results(results_dir: str | Path) -> Results:
         [frame[list(KEY_COLUMNS) + ["status"]] for frame in (runs.assign(status="done"), failed, incomplete)],
         ignore_index=True,
     )
-    expected = _recorded_grid(root, attempted, [*run_rows, *failed_rows, *incomplete_rows], apart)
+    expected = recorded_grid(root, attempted, [*run_rows, *failed_rows, *incomplete_rows], apart)
     if expected is None:
-        expected = expected_grid(attempted)
-    missing = _missing(expected, attempted)
+        by_start = apart.loc[apart["differs"].str.contains(INIT_KEY, regex=False), "dataset"]
+        expected = expected_grid(attempted, own_connectors=set(by_start))
+    missing = missing_runs(expected, attempted)
     return Results(
         root=root,
         images=images,
@@ -311,6 +319,19 @@ def _identity(run_dir: Path, config: RunConfig, record: dict[str, Any], *, datas
     }
 
 
+def _name_identity(run_dir: Path, slugs: dict[str, str]) -> dict[str, Any]:
+    """The identity columns a run folder's name gives (:func:`ablation.store.name_fields`); {} for another name."""
+    fields = name_fields(run_dir.name)
+    if fields is None:
+        return {}
+    return {
+        **{key: fields[key] for key in ("connector", "skips", "split", "run_id")},
+        "run_name": run_dir.name,
+        "dataset": slugs.get(fields["dataset"], fields["dataset"]),
+        "seed": int(fields["seed"]),
+    }
+
+
 def _image_frames(run: DoneRun, identity: dict[str, Any]) -> list[pd.DataFrame]:
     """The per-image rows of a done run: retrained (test_metrics.csv) and test-time masked, if any."""
     frames = [pd.DataFrame(run.test).assign(**identity, masking=RETRAINED)]
@@ -336,94 +357,17 @@ def apart_note(results: Results, dataset: str) -> str | None:
         return None
     first = rows.iloc[0]
     groups = "; ".join(f"{row.dataset}: {row.setting} ({row.runs} runs)" for row in rows.itertuples())
-    return (
+    note = (
         f"Runs of {first['name']} differ in {first['differs']}, so they are not pooled: each setting is reported "
         f"as a dataset of its own ({groups})."
     )
-
-
-def expected_grid(attempted: pd.DataFrame) -> pd.DataFrame:
-    """The grid the runs present imply: datasets x connectors x subsets x seeds x splits.
-
-    Datasets, seeds and splits are the union over all attempted runs. A connector's subsets are all 16 when its
-    runs use a pair subset or a subset outside the paper's Fig. 3 settings, the paper's 10 settings when its runs
-    use more than one of those, and otherwise the subsets it was run with (e.g. only "all" for a module ablation).
-
-    Args:
-        attempted: one row per run folder with columns dataset, connector, skips, seed, split.
-    """
-    columns = list(KEY_COLUMNS)
-    if attempted.empty:
-        return pd.DataFrame(columns=columns)
-    datasets = sorted(attempted["dataset"].dropna().unique())
-    seeds = sorted(int(s) for s in attempted["seed"].dropna().unique())
-    splits = sorted(attempted["split"].dropna().unique())
-    rows = []
-    for connector in [c for c in CONNECTORS if c in set(attempted["connector"])]:
-        used = set(attempted.loc[attempted["connector"] == connector, "skips"])
-        if used & set(PAIR_SUBSETS) or not used <= set(PAPER_SUBSETS):
-            subsets = list(ALL_SUBSETS)
-        elif len(used) > 1:
-            subsets = list(PAPER_SUBSETS)
-        else:
-            subsets = sorted(used)
-        for dataset, skips, seed, split in itertools.product(datasets, subsets, seeds, splits):
-            rows.append((dataset, connector, skips, seed, split))
-    return pd.DataFrame(rows, columns=columns)
-
-
-def _recorded_grid(
-    root: Path, attempted: pd.DataFrame, rows: list[dict[str, Any]], apart: pd.DataFrame
-) -> pd.DataFrame | None:
-    """The grid ``ablation run`` recorded in ``grid.json`` (plus any run folder it lacks); None without one.
-
-    A recorded run without a folder has its fields read from its name
-    (:func:`ablation.store.name_fields`).
-    """
-    names = recorded_runs(root)  # a damaged grid.json is an error naming it
-    if not names:  # no grid.json, or one without run names: infer the grid instead
-        return None
-    known = {row["run_name"]: row for row in rows if row.get("dataset") is not None}
-    # A name holds the dataset's short form ("glas" for data/GlaS): show it as the run folders present do.
-    # A dataset kept apart under several labels: a recorded run without a folder goes to the label with most runs.
-    shared = dict(zip(apart["dataset"], apart["name"]))
-    datasets: dict[str, str] = {}
-    for label in [*apart["dataset"], *(row["dataset"] for row in known.values())]:
-        datasets.setdefault(dataset_slug(shared.get(label, label)), label)
-    keyed = []
-    for name in names:
-        if name in known:
-            keyed.append({key: known[name][key] for key in KEY_COLUMNS})
-        elif (fields := name_fields(name)) is not None:
-            keyed.append(
-                {
-                    **{key: fields[key] for key in KEY_COLUMNS},
-                    "dataset": datasets.get(fields["dataset"], fields["dataset"]),
-                    "seed": int(fields["seed"]),
-                }
-            )
-    recorded = pd.DataFrame(keyed, columns=list(KEY_COLUMNS))
-    if recorded.empty:
-        return None
-    expected = pd.concat([recorded, attempted[list(KEY_COLUMNS)]], ignore_index=True)
-    expected["seed"] = expected["seed"].astype(int)
-    return expected.drop_duplicates().reset_index(drop=True)
-
-
-def _missing(expected: pd.DataFrame, attempted: pd.DataFrame) -> pd.DataFrame:
-    columns = [*KEY_COLUMNS, "status"]
-    if expected.empty:
-        return pd.DataFrame(columns=columns)
-    # A combination with any done run is complete; otherwise report the most advanced attempt.
-    order = {"done": 0, "running": 1, "failed": 2, "damaged": 3, "pending": 4}
-    best = (
-        attempted.assign(rank=attempted["status"].map(order))
-        .sort_values("rank")
-        .drop_duplicates(list(KEY_COLUMNS))[[*KEY_COLUMNS, "status"]]
-    )
-    merged = expected.merge(best, on=list(KEY_COLUMNS), how="left")
-    merged["status"] = merged["status"].fillna("absent")
-    return merged[merged["status"] != "done"].reset_index(drop=True)[columns]
+    if INIT_KEY in first["differs"].split(", "):
+        note += (
+            f" A connector's runs that started from different weights ({INIT_KEY}) are not replicates of one "
+            "another; each dataset lists how every connector in it started, and connectors with one start stay "
+            "with the start most runs share."
+        )
+    return note
 
 
 def _protocol_settings(record: dict[str, Any]) -> dict[str, Any]:

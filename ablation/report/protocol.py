@@ -15,12 +15,12 @@ depend on it), so it counts as reduced only when some run reached it without sto
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import pandas as pd
 
 from ablation.config import CONNECTORS, PAPER_INIT
+from ablation.report.pooling import init_text
 
 PAPER, REDUCED, DIFFERENT, UNRECORDED = "paper", "reduced", "different", "unrecorded"
 PAPER_BASE_CHANNELS = 64
@@ -135,10 +135,10 @@ def protocol_markdown(protocols: list[Protocol], wording: dict[str, str]) -> lis
     """Markdown lines: one table (the paper's column, then each group), then what each group's verdicts say.
 
     Args:
-        wording: how verdicts name each kind of match (:data:`PAPER`, :data:`REDUCED`, ...), from findings.
+        wording: how verdicts name each kind of match (:data:`PAPER`, :data:`REDUCED`, ...), from claims.
     """
     if not protocols:
-        return ["No done runs: no protocol to state."]
+        return ["No verdict rests on done runs here, so there is no protocol to state."]
     header = ["setting", "paper", *(f"{p.label} ({p.runs} runs)" for p in protocols)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, paper in PAPER_COLUMN.items():
@@ -228,7 +228,7 @@ def _initialisation(runs: pd.DataFrame, different: list[str]) -> str:
     parts = []
     present = set(runs["connector"])
     for connector in [c for c in CONNECTORS if c in present] + sorted(present - set(CONNECTORS)):
-        sources = sorted({_init_text(v) for v in column[runs["connector"] == connector]})
+        sources = sorted({init_text(v) for v in column[runs["connector"] == connector]})
         parts.append(f"{connector} {', '.join(sources)}")
         if connector not in PAPER_INIT:
             continue
@@ -238,12 +238,6 @@ def _initialisation(runs: pd.DataFrame, different: list[str]) -> str:
         elif wanted is None and "random" in sources:
             different.append(f"{connector} from random weights (paper: from {PAPER_INIT[connector]})")
     return "; ".join(parts)
-
-
-def _init_text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
-        return "random"
-    return f"from {value}"
 
 
 def _precision(runs: pd.DataFrame) -> str:

@@ -2,7 +2,9 @@
 
 Layout of ``<out_dir>`` (default ``<results_dir>/report``)::
 
-    README.md      index of everything written, and the gaps (missing, failed, running runs; skipped items)
+    README.md      what is measured here and what is the paper's, the datasets kept apart and why, the protocol
+                   behind the verdicts, the findings, an index of everything written, and the gaps (every run
+                   without a result; skipped items)
     findings.md    the paper's findings checked on these runs
     tables/        <dataset>_{subsets,skip_study,modules,test_time_masks}.{md,tex,csv}, runs.csv, gaps.csv
     figures/       heatmap, <group>_{bars,per_image,critical_difference,best_stability,shapley},
@@ -29,7 +31,14 @@ from ablation.config import CONNECTORS
 from ablation.errors import AblationError
 from ablation.io import atomic_write_text
 from ablation.report import figures, findings, shapley, stats, tables
-from ablation.report.load import RETRAINED, Results, image_means, load_results, replicate_means
+from ablation.report.load import (
+    RETRAINED,
+    Results,
+    apart_note,
+    image_means,
+    load_results,
+    replicate_means,
+)
 from ablation.skips import skip_label
 
 SHAPLEY_PREAMBLE = [
@@ -46,6 +55,11 @@ SHAPLEY_PREAMBLE = [
     "set, so the intervals cover training variation (seed, training split), not the sampling of test images.",
     "",
 ]
+
+
+FINDINGS = "Findings"
+LINK = "The same, with what each dataset's verdicts rest on: [`findings.md`](findings.md)."
+GAPS_DESCRIPTION = "every run without a result: failed, damaged, running, pending or never started"
 
 
 class ReportIncomplete(AblationError):
@@ -164,19 +178,29 @@ def _findings_summary(results: Results, index: _Index, n_boot: int) -> tuple[lis
     except AblationError as error:  # the results lack what a finding needs, as for the other sections
         reason = f"findings could not be checked: {error}"
         index.skipped.append(f"findings: {error}")
-        index.text("Findings", "findings.md", f"# Findings\n\n{reason}\n", "the paper's findings (skipped)")
-        return [reason], ""
+        index.text(FINDINGS, "findings.md", f"# Findings\n\n{reason}\n", "the paper's findings (skipped)")
+        return [reason, "", LINK], ""
     except Exception as error:  # noqa: BLE001 - a bug here must not cost the tables; write_report raises after
         reason = f"findings could not be computed: {type(error).__name__}: {error}".splitlines()[0]
         trace = "".join(traceback.format_exception(error))
         text = f"# Findings\n\n{reason}\n\nThis is a bug in ablation; please report it with:\n\n```\n{trace}```\n"
         index.skipped.append(f"findings: {type(error).__name__}: {error}")
-        index.text("Findings", "findings.md", text, "the paper's findings (failed)")
-        return [reason], reason
-    index.text("Findings", "findings.md", content, "the paper's findings, checked")
+        index.text(FINDINGS, "findings.md", text, "the paper's findings (failed)")
+        return [reason, "", LINK], reason
+    index.text(FINDINGS, "findings.md", content, "the paper's findings, checked")
     rules = [f"- {rule}" for rule in findings.decision_rules(findings.ALPHA)]
     verdicts = [f"- {f.text}" for f in checked]
-    return [f"Decision rules (alpha = {findings.ALPHA}):", "", *rules, "", "Findings:", "", *verdicts], ""
+    return [
+        LINK,
+        "",
+        f"Decision rules (alpha = {findings.ALPHA}):",
+        "",
+        *rules,
+        "",
+        "Findings:",
+        "",
+        *verdicts,
+    ], ""
 
 
 def _groups(results: Results) -> list[tuple[str, str, str]]:
@@ -193,16 +217,7 @@ def _write_tables(results: Results, index: _Index) -> None:
             for suffix, content in (("md", table.markdown()), ("tex", table.latex()), ("csv", table.csv())):
                 index.text("Tables", f"tables/{table.name}.{suffix}", content, table.title)
     index.text("Tables", "tables/runs.csv", results.runs.to_csv(index=False), "every done run's metrics.json")
-    gaps = pd.concat(
-        [
-            results.missing,
-            results.failed[["dataset", "connector", "skips", "seed", "split", "status", "error", "run_name"]],
-        ],
-        ignore_index=True,
-    ).drop_duplicates(subset=["dataset", "connector", "skips", "seed", "split", "status"], keep="last")
-    index.text(
-        "Tables", "tables/gaps.csv", gaps.to_csv(index=False), "missing, failed, damaged and running runs"
-    )
+    index.text("Tables", "tables/gaps.csv", results.gaps().to_csv(index=False), GAPS_DESCRIPTION)
 
 
 def _write_stats(subset: pd.DataFrame, stem: str, index: _Index, n_boot: int) -> list[str]:
@@ -325,6 +340,14 @@ def _write_shapley(subset: pd.DataFrame, stem: str, index: _Index) -> list[str]:
     return lines + [""]
 
 
+def _apart_lines(results: Results) -> list[str]:
+    """The README's section on datasets kept apart (runs of one name that are not pooled), or nothing."""
+    notes = [apart_note(results, label) for label in results.apart.drop_duplicates("name")["dataset"]]
+    if not notes:
+        return []
+    return ["## Datasets kept apart", "", *[f"- {note}" for note in notes], ""]
+
+
 def _readme(results: Results, index: _Index, findings_lines: list[str]) -> str:
     done = len(results.runs)
     stale = (
@@ -335,13 +358,15 @@ def _readme(results: Results, index: _Index, findings_lines: list[str]) -> str:
         "# Skip-connection ablation report",
         "",
         f"Results folder: `{results.root}`. Done runs: {done}{stale_note}; failed or damaged: "
-        f"{len(results.failed)}; "
-        f"running or not started: {len(results.incomplete)}; expected grid combinations without a done run: "
-        f"{len(results.missing)}.",
+        f"{len(results.failed)}; running or not started yet: {len(results.incomplete)}; combinations of the "
+        f"expected grid without a done run: {len(results.missing)} (every such run is listed under Gaps).",
         "",
-        "Dice and IoU are in percent; mean ± std over seeds and folds of per-run mean test scores. The paper's "
-        'numbers (secondary sources) appear only in columns labelled "reported".',
+        "Every number is computed from these runs, except the paper's: those appear only in columns labelled "
+        '"reported" and in the findings\' "Paper\'s claim", quoted from secondary sources (each table\'s '
+        "notes name them), never measured here. Dice and IoU are in percent: mean ± std over seeds and folds "
+        "of each run's mean test score.",
         "",
+        *_apart_lines(results),
         "## Protocol behind the verdicts",
         "",
         *findings.protocol_lines(results),
@@ -352,6 +377,8 @@ def _readme(results: Results, index: _Index, findings_lines: list[str]) -> str:
         "",
     ]
     for section, entries in index.sections.items():
+        if section == FINDINGS:  # linked from the Findings section above
+            continue
         lines += [f"## {section}", ""]
         lines += [f"- [`{path}`]({path}): {description}" for path, description in entries]
         lines.append("")
