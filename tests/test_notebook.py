@@ -37,5 +37,7 @@ def test_notebook_executes(tmp_path, monkeypatch):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 8  # bars, per-image, heatmap, curves, qualitative, CD, stability, Shapley
     markdown = "".join(o["data"].get("text/markdown", "") for o in outputs if o.output_type == "display_data")
-    assert "Finding 1, GlaS: U-Net-none vs U-Net-all" in markdown
+    assert "Finding 1, GlaS: U-Net-none minus U-Net-all" in markdown
     assert "Dice (reported)" in markdown
+    shown = "".join(o.get("data", {}).get("text/plain", "") for o in outputs)
+    assert "absent" in shown  # the gaps: the two runs of the grid that were never started

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fake_results import PlantedEffects, make_fake_results
+from fake_results import PlantedEffects, copy_as_setting, make_fake_results
 
 from ablation.report.findings import NOT_REPRODUCED, NOT_TESTABLE, OBSERVED, REPRODUCED, check_findings
 from ablation.report.load import load_results
@@ -42,7 +42,7 @@ def test_planted_paper_results_are_reproduced(tmp_path):
     ]:
         assert found[key].verdict == REPRODUCED, found[key].text
     first = found[("monuseg", "1")]
-    assert first.text.startswith("Finding 1, MoNuSeg: U-Net-none vs U-Net-all, Dice difference -")
+    assert first.text.startswith("Finding 1, MoNuSeg: U-Net-none minus U-Net-all: -")
     assert "one-sided Wilcoxon, none below all: p = " in first.text and first.p_value < 0.05
     assert first.effect == pytest.approx(-8.0, abs=1.0)
     assert found[("glas", "2")].effect == pytest.approx(-4.0, abs=1.0)
@@ -55,12 +55,37 @@ def test_swapped_truth_is_not_reproduced(tmp_path):
     assert [found[("glas", n)].verdict for n in "123"] == [NOT_REPRODUCED] * 3
 
 
+def test_glas_kept_apart_is_judged_against_the_paper_per_label(tmp_path):
+    # The same GlaS study twice: one learning rate with GlaS-like truth, the other with MoNuSeg-like truth.
+    options = {"datasets": ("glas",), "subsets": "paper", "folds": (0, 1), "n_images": 10, "predictions": 0}
+    make_fake_results(tmp_path / "results", effects=GLAS_LIKE, **options)
+    make_fake_results(tmp_path / "other", effects=MONUSEG_LIKE, **options)
+    copy_as_setting(tmp_path / "other", tmp_path / "results", {"train.lr": 1e-4})
+    found = {
+        (f.dataset, f.finding): f for f in check_findings(load_results(tmp_path / "results"), n_boot=200)
+    }
+    high, low = "glas@lr=0.001", "glas@lr=0.0001"
+    assert [found[(high, n)].verdict for n in "123"] == [REPRODUCED] * 3
+    assert [found[(low, n)].verdict for n in "123"] == [NOT_REPRODUCED] * 3
+    first = found[(low, "1")].text
+    assert first.startswith("Finding 1, GlaS (glas@lr=0.0001): U-Net-none minus U-Net-all: ")
+    assert (
+        "Verdict on the GlaS (glas@lr=0.0001) U-Net skip study (20 runs): not reproduced at reduced scale"
+        in first
+    )
+    assert "Paper's claim: U-Net-none is competitive with U-Net-all" in first
+    assert found[(high, "1")].protocol.label == "GlaS (glas@lr=0.001) U-Net skip study"
+
+
 def test_other_datasets_get_the_general_form(tmp_path):
     found = _findings(tmp_path, None, datasets=("synthetic-nuclei",))
     assert {found[("synthetic-nuclei", n)].verdict for n in "123"} == {OBSERVED}
-    assert "U-Net-none vs U-Net-all, Dice difference" in found[("synthetic-nuclei", "1")].text
-    assert "L1 alone vs U-Net-none" in found[("synthetic-nuclei", "2")].text
-    assert "best of the paper's settings is U-Net-all" in found[("synthetic-nuclei", "3")].text
+    assert "U-Net-none minus U-Net-all: " in found[("synthetic-nuclei", "1")].text
+    assert "L1 alone minus U-Net-none: " in found[("synthetic-nuclei", "2")].text
+    assert "the best of the paper's settings is U-Net-all" in found[("synthetic-nuclei", "3")].text
+    assert found[("synthetic-nuclei", "1")].text.endswith(
+        "Observed on the synthetic-nuclei U-Net skip study (32 runs); the paper makes no claim about this dataset."
+    )
 
 
 def test_missing_runs_make_findings_not_testable(tmp_path):

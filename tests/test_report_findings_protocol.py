@@ -10,13 +10,13 @@ import pytest
 from fake_results import PlantedEffects, make_fake_results
 
 from ablation.report import write_report
+from ablation.report.claims import stated_verdict
 from ablation.report.findings import (
     NOT_TESTABLE,
     OBSERVED,
     REPRODUCED,
     check_findings,
     findings_markdown,
-    stated_verdict,
 )
 from ablation.report.load import load_results
 from ablation.report.protocol import DIFFERENT, PAPER, REDUCED, UNRECORDED, describe_protocol
@@ -52,11 +52,16 @@ def test_reduced_scale_study_says_so_beside_every_verdict(tmp_path: Path) -> Non
     out = write_report(tmp_path / "results", tmp_path / "report", n_boot=100)
     findings = (out / "findings.md").read_text()
     readme = (out / "README.md").read_text()
-    assert "Finding 1, GlaS" in findings and ": reproduced at reduced scale. Paper: " in findings
+    assert (
+        "Finding 1, GlaS" in findings
+        and "Verdict on the GlaS U-Net skip study (8 runs): reproduced at reduced scale. Paper's claim: "
+        in findings
+    )
     assert ": reproduced. " not in findings and ": not reproduced. " not in findings
+    assert "Verdict on the GlaS U-Net skip study (8 runs): reproduced at reduced scale." in readme
     for text in (findings, readme):
         assert "## Protocol behind the verdicts" in text
-        assert "| setting | paper | GlaS, U-Net skip study (8 runs) |" in text
+        assert "| setting | paper | GlaS U-Net skip study (8 runs) |" in text
         assert "| base channels | 64 | 8 |" in text
         assert "| image size | 224 px | 32 px |" in text
         assert "| epoch budget | up to 2000, patience 50 | 3, patience 50; reached by 8 of 8 runs |" in text
@@ -67,7 +72,7 @@ def test_reduced_scale_study_says_so_beside_every_verdict(tmp_path: Path) -> Non
             'verdicts worded "... at reduced scale"; departures: base channels 8 < 64; image size 32 px < 224'
             in text
         )
-    assert "Rests on GlaS, U-Net skip study (8 runs); departures from the paper's protocol: " in findings
+    assert "- the GlaS U-Net skip study (8 runs); departures from the paper's protocol: " in findings
     assert readme.index("## Protocol behind the verdicts") < readme.index("## Findings")
 
 
@@ -87,7 +92,7 @@ def test_paper_protocol_study_gets_the_plain_verdict(tmp_path: Path) -> None:
     found = {f.finding: f for f in check_findings(load_results(tmp_path), n_boot=200)}
     for number in ("1", "2"):
         assert found[number].verdict == REPRODUCED and found[number].stated_verdict == REPRODUCED
-        assert ": reproduced. Paper: " in found[number].text
+        assert "(45 runs): reproduced. Paper's claim: " in found[number].text
     assert found["1"].protocol is not None and found["1"].protocol.match == PAPER
     text = findings_markdown(list(found.values()))
     assert "at reduced scale" not in text.split("## glas")[1]

@@ -75,7 +75,9 @@ def test_mean_below_but_mostly_better_is_not_significantly_worse():
     monuseg = found[("monuseg", "1")]
     assert monuseg.verdict == NOT_REPRODUCED, monuseg.text
     assert monuseg.p_value > 0.5  # one-sided in the claimed direction: none below all
-    assert "Dice difference -0.6 points (median +0.5, 20 images" in monuseg.text  # mean -0.55, median +0.5
+    assert (
+        "U-Net-none minus U-Net-all: -0.6 Dice points (median +0.5, 20 images" in monuseg.text
+    )  # mean -0.55, median +0.5
     other = found[("other", "1")]
     assert other.verdict == OBSERVED
     assert "not significantly worse than U-Net-all" in other.text
@@ -110,7 +112,7 @@ def test_monuseg_single_skips_must_differ_significantly_and_widely():
     assert narrow.verdict == NOT_REPRODUCED and narrow.p_value < 0.05
     assert re.search(
         r"not reproduced with its protocol not recorded \(differ significantly, but not widely: "
-        r"span 3\.\d points vs reported 8\.9\)",
+        r"span 3\.\d points vs the paper's reported 8\.9\)",
         narrow.text,
     )
     assert "span of at least 4.47 points" in narrow.text
@@ -118,7 +120,9 @@ def test_monuseg_single_skips_must_differ_significantly_and_widely():
     assert wide.verdict == REPRODUCED and wide.effect == pytest.approx(6.0, abs=0.3)
     # The verdict follows the claim it judges; GlaS's L1 clause (absent here) does not sit in between.
     assert (
-        wide.text.index("Friedman") < wide.text.index(": reproduced") < wide.text.index("Paper: single skips")
+        wide.text.index("Friedman")
+        < wide.text.index(": reproduced")
+        < wide.text.index("Paper's claim: single skips")
     )
 
 
@@ -126,8 +130,12 @@ def test_glas_finding2_verdict_follows_its_own_claim():
     scores = _singles((-0.04, 0.0, 0.02, 0.0))
     scores["0000"] = list(np.array(scores["0100"]) + 0.001)
     text = _check({"glas": scores})[("glas", "2")].text
-    assert text.startswith("Finding 2, GlaS: L1 alone vs U-Net-none")
-    assert text.index("one-sided Wilcoxon") < text.index(": reproduced") < text.index("Also observed: single")
+    assert text.startswith("Finding 2, GlaS: L1 alone minus U-Net-none: ")
+    assert (
+        text.index("one-sided Wilcoxon")
+        < text.index(": reproduced")
+        < text.index("Also observed, not judged: single")
+    )
 
 
 def test_monuseg_rank_is_among_the_paper_settings():
@@ -138,7 +146,7 @@ def test_monuseg_rank_is_among_the_paper_settings():
     scores["1100"] = list(base - 0.05)  # a pair the paper left out, below U-Net-none
     finding = _check({"monuseg": scores})[("monuseg", "1")]
     assert finding.verdict == REPRODUCED, finding.text
-    assert "ranks 10 of 10 of the paper's settings (10 of all 11 subsets run)" in finding.text
+    assert "ranks 10 of 10 of the paper's settings by mean Dice (10 of all 11 subsets run)" in finding.text
 
 
 def test_paper_pick_close_to_the_best_is_not_distinguishable():

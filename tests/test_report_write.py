@@ -68,7 +68,7 @@ def test_readme_lists_everything_and_the_gaps(report):
     assert "- failed: `glas_unet_0011_s0_r0f0_" in readme and "non-finite loss" in readme
     assert "- missing: synthetic-nuclei unet L1+L2 seed 0 r0f0" in readme
     assert "skipped Shapley values synthetic-nuclei_unet_retrained" in readme
-    assert "Finding 1, GlaS: U-Net-none vs U-Net-all, Dice difference" in readme
+    assert "Finding 1, GlaS: U-Net-none minus U-Net-all: " in readme
     findings = (out / "findings.md").read_text()
     assert "Finding 3, synthetic-nuclei" in findings
     for text in (readme, findings):  # each finding's decision rule and alpha, one line each
@@ -105,6 +105,21 @@ def test_subset_bars_fall_back_to_image_intervals_with_one_replicate(tmp_path: P
     make_fake_results(tmp_path / "two", subsets=["0000", "1111"], seeds=(0, 1), folds=None, n_images=6)
     title = subset_bars(load_results(tmp_path / "two"), "synthetic-nuclei").axes[0].get_title()
     assert "95% CI over 2 replicates" in title
+
+
+def test_the_same_results_draw_the_same_figure_files(tmp_path: Path) -> None:
+    from ablation.report import figures, load_results
+
+    make_fake_results(
+        tmp_path / "r", subsets=["0000", "1111", "1000"], folds=None, n_images=12, predictions=0
+    )
+    results = load_results(tmp_path / "r")
+    first = figures.save_figure(figures.per_image(results, "synthetic-nuclei"), tmp_path / "first")
+    second = figures.save_figure(figures.per_image(results, "synthetic-nuclei"), tmp_path / "second")
+    for one, two in zip(
+        first, second, strict=True
+    ):  # PNG and PDF, byte for byte (the strip's jitter is seeded)
+        assert one.read_bytes() == two.read_bytes(), one.name
 
 
 def test_a_findings_bug_leaves_the_report_and_fails_loudly(tmp_path: Path, monkeypatch, capsys) -> None:

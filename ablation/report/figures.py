@@ -32,15 +32,22 @@ TRUE_POSITIVE = np.array([60, 200, 90])  # green
 FALSE_POSITIVE = np.array([230, 50, 50])  # red: predicted, not in the ground truth
 FALSE_NEGATIVE = np.array([40, 110, 255])  # blue: in the ground truth, missed
 OVERLAY_ALPHA = 0.6
+STRIP_JITTER = 0.1  # sideways spread of the per-image dots, in category widths
+# No creation date in the PDF's metadata, so the same results give the same bytes (PNG has none).
+PDF_METADATA = {"CreationDate": None}
 
 
 def save_figure(figure: Figure, stem: str | Path) -> list[Path]:
-    """Write ``<stem>.png`` (150 dpi) and ``<stem>.pdf`` atomically; returns both paths."""
+    """Write ``<stem>.png`` (150 dpi) and ``<stem>.pdf`` atomically; returns both paths.
+
+    The same figure gives the same bytes every time (no creation date is written).
+    """
     paths = []
     for suffix in (".png", ".pdf"):
         buffer = io.BytesIO()
         # Constrained layout already fits the figure; bbox_inches="tight" would only add another draw.
-        figure.savefig(buffer, format=suffix[1:], dpi=150)
+        metadata = PDF_METADATA if suffix == ".pdf" else None
+        figure.savefig(buffer, format=suffix[1:], dpi=150, metadata=metadata)
         path = Path(str(stem) + suffix)
         atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
@@ -134,7 +141,10 @@ def per_image(results: Results, dataset: str, *, connector: str = "unet", maskin
     ax = figure.subplots()
     order = list(scores.columns)
     sns.boxplot(data=long, x="subset", y="dice", order=order, color="#dde4ef", fliersize=0, ax=ax)
-    sns.stripplot(data=long, x="subset", y="dice", order=order, size=2.5, color="#333333", alpha=0.6, ax=ax)
+    # Each image a dot, spread sideways by a seeded jitter, so the same results draw the same figure.
+    jitter = np.random.default_rng(0).uniform(-STRIP_JITTER, STRIP_JITTER, len(long))
+    where = long["subset"].map({subset: i for i, subset in enumerate(order)}).to_numpy(dtype=float)
+    ax.scatter(where + jitter, long["dice"], s=6.0, color="#333333", alpha=0.6, linewidths=0, zorder=3)
     ax.set_xlabel("skip subset")
     ax.set_ylabel("per-image Dice (%)")
     ax.set_title(f"{dataset}: per-image Dice ({connector}, {masking}; {scores.shape[0]} test images)")

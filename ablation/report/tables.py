@@ -324,7 +324,8 @@ def _reported_notes(reported: pd.DataFrame, dataset: str, rows: list[pd.Series])
     notes = []
     for row in rows:
         notes.append(
-            f"Reported {row['method']}: {row['source']} ({row['verified']}); protocol: {row['protocol']}."
+            f"Reported {row['method']} (the paper's numbers, not measured here): {row['source']} "
+            f"({row['verified']} source); protocol: {row['protocol']}."
         )
     return list(dict.fromkeys(notes))
 
