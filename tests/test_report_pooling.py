@@ -317,3 +317,25 @@ def test_starts_and_another_setting_both_name_the_labels(tmp_path: Path) -> None
         "synthetic-nuclei@uctransnet=random,lr=0.001",
     ]
     assert set(results.apart["differs"]) == {"train.init_from, train.lr"}
+
+
+def test_auto_precision_on_a_cpu_and_on_a_gpu_is_kept_apart(tmp_path: Path) -> None:
+    # One config ("auto") but two precisions: fp32 on the CPU, bf16 autocast on CUDA.
+    root = tmp_path / "results"
+    _study(root / "gpu")
+    _set_env(root / "gpu", device="NVIDIA H200")
+    _study(tmp_path / "cpu", seeds=(2, 3), effects=LOW)
+    _set_env(tmp_path / "cpu", device="cpu")
+    shutil.copytree(tmp_path / "cpu", root / "cpu")
+    results = load_results(root)
+    assert results.datasets == ["synthetic-nuclei@precision=bf16", "synthetic-nuclei@precision=fp32"]
+    assert "train.precision" in apart_note(results, "synthetic-nuclei@precision=fp32")
+
+
+def test_auto_precision_on_a_gpu_pools_with_explicit_bf16(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    _study(root / "auto")
+    _set_env(root / "auto", device="NVIDIA H200")
+    copy_as_setting(root / "auto", tmp_path / "explicit", {"train.precision": "bf16"})
+    shutil.copytree(tmp_path / "explicit", root / "explicit")
+    assert load_results(root).datasets == ["synthetic-nuclei"]

@@ -44,6 +44,7 @@ POOLING_IGNORED = (
     "train.init_from_run",
 )
 DATA_KEY = "data"  # the pseudo-key of the data's identity among the pooling settings
+NON_CUDA_DEVICES = ("cpu", "mps", "xpu")  # precision "auto" means fp32 there, bf16 autocast on CUDA
 # The pseudo-setting of a dataset whose runs of one connector started from different weights:
 # {connector: "random" | "from <train.init_from>"} for every connector of a group of runs.
 INIT_KEY = "train.init_from"
@@ -54,6 +55,16 @@ def init_text(value: Any) -> str:
     if value is None or value == "" or (isinstance(value, float) and value != value):  # None, "", NaN
         return "random"
     return f"from {value}"
+
+
+def used_precision(precision: Any, device: Any) -> str | None:
+    """The precision a run trained in: ``bf16`` or ``fp32``; ``auto`` is resolved by the device the run
+    recorded (fp32 on CPU, MPS and XPU, bf16 autocast on CUDA). None when it cannot be told."""
+    if precision in ("bf16", "fp32"):
+        return precision
+    if precision == "auto" and isinstance(device, str) and device:
+        return "fp32" if device in NON_CUDA_DEVICES else "bf16"
+    return None
 
 
 def dataset_name(text: str) -> str:
@@ -68,7 +79,8 @@ def pooling_settings(record: dict[str, Any]) -> dict[str, Any]:
     The data is identified by the dataset fingerprint the run recorded (its files' names, sizes and modification
     times and the preparation settings and version), so two folders that share a name are two datasets, while
     one folder read from two data roots is one. Runs that recorded no fingerprint fall back to the dataset as
-    given and its data root. Keys a config.json lacks are None.
+    given and its data root. ``train.precision = "auto"`` is replaced by the precision it meant on the run's
+    recorded device (:func:`used_precision`). Keys a config.json lacks are None.
     """
     flat: dict[str, Any] = {}
     for key, value in record.items():
@@ -81,6 +93,9 @@ def pooling_settings(record: dict[str, Any]) -> dict[str, Any]:
     for key in POOLING_IGNORED:
         flat.pop(key, None)
     env = record.get("env") if isinstance(record.get("env"), dict) else {}
+    # "auto" is one setting but two precisions: a CPU run (fp32) and a GPU run (bf16) are not replicates.
+    if flat.get("train.precision") == "auto":
+        flat["train.precision"] = used_precision("auto", env.get("device")) or "auto"
     fingerprint = env.get("dataset_fingerprint")
     flat[DATA_KEY] = (
         f"fingerprint {fingerprint}"

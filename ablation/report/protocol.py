@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from ablation.config import CONNECTORS, PAPER_INIT
-from ablation.report.pooling import init_text
+from ablation.report.pooling import init_text, used_precision
 
 PAPER, REDUCED, DIFFERENT, UNRECORDED = "paper", "reduced", "different", "unrecorded"
 PAPER_BASE_CHANNELS = 64
@@ -38,7 +38,6 @@ PAPER_COLUMN = {
     "initialisation": f"unet random; uctransnet from {PAPER_INIT['uctransnet']} (the reference's default)",
     "precision": "fp32",
 }
-NON_CUDA_DEVICES = ("cpu", "mps", "xpu")  # precision "auto" means fp32 there, bf16 autocast on CUDA
 # Settings read from each run's config.json (by ablation.report.load) and metrics.json.
 SETTINGS = ("base_channels", "img_size", "max_epochs", "patience")
 
@@ -251,7 +250,7 @@ def _precision(runs: pd.DataFrame) -> str:
         if precision == "auto" and not device:
             used.add("auto (device not recorded)")
         elif precision == "auto":
-            resolved = "fp32" if device in NON_CUDA_DEVICES else "bf16 autocast"
+            resolved = "fp32" if used_precision(precision, device) == "fp32" else "bf16 autocast"
             used.add(f"{resolved} (auto on {device})")
         elif isinstance(precision, str):
             name = "bf16 autocast" if precision == "bf16" else precision
