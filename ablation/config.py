@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ablation.errors import AblationError
-from ablation.limits import MAX_BASE_CHANNELS, MAX_IMG_SIZE, MAX_INT, check_integers, check_range, shown
+from ablation.limits import MAX_BASE_CHANNELS, MAX_INT, check_img_size, check_integers, check_range, shown
 from ablation.skips import parse_skips
 
 
@@ -180,11 +180,7 @@ class ModelConfig:
             )
         for size in self.patch_sizes:
             check_range("model.patch_sizes", size, minimum=1)
-        if not 16 <= self.img_size <= MAX_IMG_SIZE or self.img_size % 16:
-            raise AblationError(
-                f"model.img_size {shown(self.img_size)} must be a multiple of 16 (four 2x poolings) in "
-                f"16..{MAX_IMG_SIZE}"
-            )
+        check_img_size(self.img_size)
         for key in ("in_channels", "num_classes", "base_channels", "num_heads", "num_layers", "expand_ratio"):
             check_range(f"model.{key}", getattr(self, key), minimum=1)
         check_range("model.base_channels", self.base_channels, maximum=MAX_BASE_CHANNELS)

@@ -51,6 +51,20 @@ def check_range(
         raise AblationError(f"config key {key!r} must be {' and '.join(bounds)}, got {shown(value)}")
 
 
+def check_img_size(value: Any, key: str = "model.img_size") -> None:
+    """Raise AblationError naming ``key`` unless ``value`` is an image size a network of the study can take.
+
+    The U-Net pools four times by 2, so the size is a multiple of 16; every command that prepares data for runs
+    (``ablation data prepare``, ``ablation data info``) checks its size here too, so it never writes a file no
+    run can use.
+    """
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok or not 16 <= value <= MAX_IMG_SIZE or value % 16:
+        raise AblationError(
+            f"{key} {shown(value)} must be a multiple of 16 (four 2x poolings) in 16..{MAX_IMG_SIZE}"
+        )
+
+
 def shown(value: Any) -> str:
     """``repr(value)``, with an integer of more than 30 digits shortened to its length."""
     text = repr(value)

@@ -200,6 +200,35 @@ def test_prepare_cli_copies_and_refuses_what_cannot_travel(tmp_path: Path, monke
     assert code == 2 and "is the cache folder itself" in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--img-size", "30"], "--img-size 30 must be a multiple of 16 (four 2x poolings) in 16..4096"),
+        (["--img-size", "8"], "--img-size 8 must be a multiple of 16"),
+        (["--num-folds", "100"], "set num_folds to at most 6 (e.g. --num-folds 5)"),
+        (["--repeats", "0"], "--repeats must be 1 or more, got 0"),
+    ],
+)
+def test_prepare_refuses_what_no_run_can_use_naming_its_own_flags(
+    tmp_path: Path, monkeypatch, capsys, flags: list[str], message: str
+) -> None:
+    write_reference(tmp_path / "data" / "MoNuSeg", {"train": 4, "val": 2, "test": 2})
+    argv = ["data", "prepare", "--root", "monuseg", "--to", str(tmp_path / "to"), "--img-size", str(SIZE)]
+    argv += ["--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "home"), *flags]
+    code, _, err = run_cli(monkeypatch, capsys, argv)
+    assert code == 2 and message in err and "--set" not in err
+    assert not (tmp_path / "to").exists()
+
+
+def test_data_info_checks_the_size_as_model_config_does(monkeypatch, capsys, tmp_path: Path) -> None:
+    argv = ["data", "info", "--root", "synthetic-nuclei", "--cache-dir", str(tmp_path), "--img-size", "30"]
+    code, _, err = run_cli(monkeypatch, capsys, argv)
+    assert code == 2 and "--img-size 30 must be a multiple of 16" in err
+    with pytest.raises(AblationError, match="model.img_size 30 must be a multiple of 16"):
+        ModelConfig(img_size=30)
+    assert not any(tmp_path.iterdir())
+
+
 def test_grid_accepts_a_dataset_known_only_by_its_carried_cache(
     carried: dict[str, Path], tmp_path: Path, monkeypatch, capsys
 ) -> None:

@@ -15,9 +15,10 @@ from ablation.data.dataset import DEFAULT_IMG_SIZE
 from ablation.data.prepare import load_prepared
 from ablation.data.resize import DEFAULT_INTERPOLATION
 from ablation.data.resolve import DATASET_FOLDERS
-from ablation.data.splits import PAPER_FOLDS, run_splits, splits_file
+from ablation.data.splits import PAPER_FOLDS, check_num_folds, run_splits, splits_file
 from ablation.errors import AblationError
 from ablation.io import atomic_write_bytes
+from ablation.limits import check_img_size
 
 
 def copy_prepared(
@@ -36,7 +37,7 @@ def copy_prepared(
     Args:
         dataset: ``glas`` or ``monuseg`` (generated data needs no copy; a custom folder travels as it is).
         to: the folder to write; point ``$ABLATION_CACHE`` at it on the other machine.
-        img_size: the runs' image size.
+        img_size: the runs' image size (a size no network takes is refused, as ``ModelConfig`` refuses it).
         interpolation: the runs' resizing.
         num_folds: k of the runs' k-fold splits; the splits file holds every fold of repeats ``0..repeats-1``.
         repeats: k-fold repeats the runs use.
@@ -48,20 +49,26 @@ def copy_prepared(
         The prepared file and the splits file written under ``to``.
 
     Raises:
-        AblationError: another dataset, ``to`` being this machine's cache folder, or what preparing raises.
+        AblationError: another dataset, an image size or ``num_folds`` no run can use, ``to`` being this
+            machine's cache folder, or what preparing raises. The messages name the flags of ``ablation data
+            prepare``.
     """
     if dataset.lower() not in DATASET_FOLDERS:
         raise AblationError(
             f"only {', '.join(DATASET_FOLDERS)} are copied as prepared files, got {dataset!r}: generated data "
             "needs no copy and a custom dataset folder travels as it is"
         )
+    check_img_size(img_size, "--img-size")
     if repeats < 1:
-        raise AblationError(f"repeats must be 1 or more, got {repeats}")
+        raise AblationError(f"--repeats must be 1 or more, got {repeats}")
     prepared = load_prepared(
         dataset, img_size=img_size, data_root=data_root, cache_dir=cache_dir, interpolation=interpolation
     )
     if prepared.cache_dir is not None and Path(to).resolve() == prepared.cache_dir.resolve():
         raise AblationError(f"--to {to} is the cache folder itself: choose another folder")
+    # Checked here, not only by run_splits, so the message names this command's flag rather than --set.
+    pool = sum(len(prepared.splits[split].names) for split in ("train", "val") if split in prepared.splits)
+    check_num_folds(num_folds, pool, setting=f"e.g. --num-folds {min(PAPER_FOLDS, pool)}")
     for repeat in range(repeats):  # adds each repeat's folds to the splits file where it lacks them
         run_splits(prepared, fold=0, repeat=repeat, num_folds=num_folds)
     splits = splits_file(prepared, num_folds=num_folds, seed=0)

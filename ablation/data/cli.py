@@ -79,7 +79,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from ablation.data.info import dataset_info, format_info
+    from ablation.limits import check_img_size
 
+    check_img_size(args.img_size, "--img-size")  # the sizes runs take, as data prepare and ModelConfig check
     info = dataset_info(args.root, img_size=args.img_size, data_root=args.data_root, cache_dir=args.cache_dir)
     print(format_info(info))
     return 0
