@@ -65,12 +65,13 @@ def test_run_flags_are_checked_even_when_every_run_is_done(
 def test_gpus_without_a_gpu_is_an_error(
     spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
-    monkeypatch.setattr("ablation.grid.gpus.detect_gpus", lambda: [])
-    assert main(["run", str(spec), "--out", str(tmp_path / "r"), "--gpus", "0,1"]) == 2
-    assert "no GPU found (nvidia-smi): drop --gpus" in _error_line(capsys)
-    monkeypatch.setattr("ablation.grid.gpus.detect_gpus", lambda: ["0"])
-    assert main(["run", str(spec), "--out", str(tmp_path / "r"), "--gpus", "0,3"]) == 2
-    assert "GPU 3 not found: choose among 0" in _error_line(capsys)
+    for dry_run in ([], ["--dry-run"]):  # the dry run fails where the run would, not with "device unknown"
+        monkeypatch.setattr("ablation.grid.gpus.detect_gpus", lambda: [])
+        assert main(["run", str(spec), "--out", str(tmp_path / "r"), "--gpus", "0,1", *dry_run]) == 2
+        assert "no GPU found (nvidia-smi): drop --gpus" in _error_line(capsys)
+        monkeypatch.setattr("ablation.grid.gpus.detect_gpus", lambda: ["0"])
+        assert main(["run", str(spec), "--out", str(tmp_path / "r"), "--gpus", "0,3", *dry_run]) == 2
+        assert "GPU 3 not found: choose among 0" in _error_line(capsys)
     assert not (tmp_path / "r").exists(), "nothing ran"
 
 

@@ -151,6 +151,8 @@ def run_command(args: argparse.Namespace) -> int:
     _check_positive(args.cpus_per_run, "--cpus-per-run")
     pack_size = None if args.pack_size is None else parse_pack_size(args.pack_size, "--pack-size")
     gpus = parse_gpus(args.gpus)
+    if gpus is not None and args.backend == "local":  # a dry run too: it must fail where the run would
+        check_gpus(gpus)
     if args.throughput is not None:
         if not args.dry_run:
             raise AblationError("--throughput only applies to --dry-run (the wall-time estimate)")
@@ -176,8 +178,6 @@ def run_command(args: argparse.Namespace) -> int:
         for line in _cost_lines(configs, args, gpus, requested):
             print(line)
         return 0
-    if gpus is not None and args.backend == "local":
-        check_gpus(gpus)
     check_tensorboard(configs)
     summary = run_grid(
         configs,
