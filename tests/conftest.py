@@ -13,6 +13,21 @@ def _shared_dir() -> Path:
     return Path(os.environ.get("ABLATION_SHARED", REPO_ROOT.parent / "shared"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_and_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Point $ABLATION_CACHE and $ABLATION_DATA at this session's temporary folder for every test.
+
+    Without them data is cached in the checkout's ``.cache/ablation`` and named datasets are looked up in its
+    ``data/``: tests would write there and could pass only because of what an earlier run left there. The data
+    folder is empty; tests on the real datasets pass ``shared_datasets`` explicitly, and a test may still set
+    either variable itself (monkeypatch restores this session's value after it).
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ABLATION_CACHE", str(tmp_path_factory.mktemp("ablation-cache")))
+        patch.setenv("ABLATION_DATA", str(tmp_path_factory.mktemp("ablation-data")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     """The real GlaS/MoNuSeg folders beside the checkout; tests using this skip when they are absent."""

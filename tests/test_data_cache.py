@@ -283,3 +283,15 @@ def test_training_heals_a_damaged_cache(tmp_path: Path, monkeypatch, capsys) -> 
     err = capsys.readouterr().err
     assert f"warning: prepared-data cache {_cache_file(tmp_path / 'cache')} is damaged" in err
     assert "Traceback" not in err and "BadZipFile" not in err
+
+
+def test_tests_cache_and_look_up_data_in_the_sessions_temporary_folder(tmp_path_factory) -> None:
+    from ablation.data.cache import default_cache_dir
+    from ablation.data.resolve import default_data_root
+
+    session = tmp_path_factory.getbasetemp().resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    for folder in (default_cache_dir(), default_data_root()):
+        assert folder.is_absolute() and folder.resolve().is_relative_to(session)
+        assert not folder.resolve().is_relative_to(checkout)
+    assert not any(default_data_root().iterdir()), "the default data folder is empty"
