@@ -214,7 +214,9 @@ def test_other_model_sizes_and_connectors_are_scaled_by_flops(tables):
     cost = estimate_cost(expand_spec(spec), device="NVIDIA H200", benchmarks_dir=tables, gflops=fake_gflops)
     rate = 100.0 * 5 / 12
     assert cost.train_images_per_s == pytest.approx(rate)
-    assert format_cost(cost)[-1].endswith("unet single run, scaled by FLOPs from base 4, 32 px")
+    assert format_cost(cost)[-1].endswith(
+        "unet single run, scaled by FLOPs from base 4, 32 px; unlike the runs' train.deterministic=true"
+    )
     # cct has no row: the connector nearest in FLOPs (uctransnet, same fake GFLOPs) at the same size, unscaled
     spec = {**TINY, "connectors": ["cct", "cca"], "subsets": ["all"]}
     cost = estimate_cost(expand_spec(spec), device="NVIDIA H200", benchmarks_dir=tables, gflops=fake_gflops)
@@ -239,12 +241,71 @@ def test_shipped_h200_table_times_the_paper_grid_as_packs_of_16(shared_datasets,
     cost = estimate_cost(
         configs, device="NVIDIA H200", pack_size=16, benchmarks_dir=BENCHMARKS_DIR, gflops=fake_gflops
     )
+    # the vmap engine's rows: autotuned, and neither pack_conv; the paper spec keeps the deterministic default
+    unlike = "train.deterministic=true, train.pack_conv=grouped"
     assert cost.rates == (
-        f"unet, 30 packs of 16: {measured.images_per_s:,.0f} img/s from {measured.describe()}",
+        f"unet, 30 packs of 16: {measured.images_per_s:,.0f} img/s from {measured.describe()}; unlike the "
+        f"runs' {unlike}",
     )
     assert measured.source.startswith("results/benchmarks/")
     rate = measured.images_per_s
     assert cost.wall_seconds == pytest.approx(44_160_000 / rate + cost.eval_passes / (3 * rate))
+
+
+@pytest.mark.parametrize(
+    ("train", "rate", "row"),
+    [
+        # the defaults: deterministic, eager, grouped; two rows differ in one setting, CUDA graphs ranks first
+        ({}, 100.0, "grouped convolutions; unlike the runs' train.deterministic=true"),
+        (
+            {"deterministic": False, "cuda_graphs": True, "pack_conv": "per_variant"},
+            210.0,
+            "per_variant convolutions, CUDA graphs",
+        ),
+        ({"cuda_graphs": True}, 150.0, "grouped convolutions, CUDA graphs, deterministic"),
+        ({"deterministic": False, "pack_conv": "per_variant"}, 110.0, "per_variant convolutions"),
+        ({"deterministic": False, "channels_last": False}, 90.0, "grouped convolutions, NCHW"),
+    ],
+)
+def test_rows_are_matched_on_the_runs_engine_settings(tmp_path, train, rate, row):
+    """Rows of one pack size that differ only in CUDA graphs, determinism, 3x3 convolutions or memory format
+    never tie: the row measured as the runs will train wins, wherever it stands in the table."""
+    records = [
+        _record("unet", "packed+grouped+eager", 16, 100.0),
+        _record("unet", "packed+per_variant+eager", 16, 110.0),
+        _record("unet", "packed+grouped+eager+nchw", 16, 90.0),
+        _record("unet", "packed+grouped+graph", 16, 200.0),
+        _record("unet", "packed+per_variant+graph", 16, 210.0),
+        _record("unet", "packed+grouped+graph+det", 16, 150.0),
+        _record("unet", "single+grouped+graph+det", 1, 10.0),
+    ]
+    for order in (records, records[::-1]):
+        _table(tmp_path, "packed_training_nvidia-h200.json", "NVIDIA H200", order)
+        spec = {**TINY, "subsets": "all", "train": {**TINY["train"], **train}}
+        cost = estimate_cost(
+            expand_spec(spec), device="NVIDIA H200", pack_size=16, benchmarks_dir=tmp_path, gflops=fake_gflops
+        )
+        assert cost.train_images_per_s == pytest.approx(rate)
+        assert cost.rates == (
+            f"unet, 1 pack of 16: {rate:.0f} img/s from {tmp_path}/packed_training_nvidia-h200.json: unet pack "
+            f"of 16, {row}",
+        )
+
+
+def test_settings_that_change_nothing_on_cpu_are_not_compared(tmp_path):
+    records = [
+        _record("unet", "packed+per_variant+eager", 4, 30.0),
+        _record("unet", "packed+grouped+eager", 4, 20.0),
+    ]
+    _table(tmp_path, "packed_training_cpu.json", "cpu", records)
+    configs = expand_spec({**TINY, "subsets": ["none", "all", "1000", "0100"]})  # deterministic: the default
+    cost = estimate_cost(configs, device="cpu", pack_size=4, benchmarks_dir=tmp_path, gflops=fake_gflops)
+    assert cost.rates == (
+        f"unet, 1 pack of 4: 20 img/s from {tmp_path}/packed_training_cpu.json: unet pack of 4, "
+        "grouped convolutions",
+    )
+    (row,) = [row for row in load_throughput_tables(tmp_path, "cpu") if row.pack_conv == "grouped"]
+    assert (row.compiled, row.cuda_graphs, row.deterministic, row.channels_last) == (None, None, None, None)
 
 
 def test_real_flop_counter_counts_three_forwards_per_training_image():
