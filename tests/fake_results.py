@@ -41,6 +41,7 @@ from ablation.store import (
     TEST_METRICS_FILE,
     done_run_problem,
     find_runs,
+    metrics_identity,
     run_id,
     run_name,
     write_history,
@@ -199,9 +200,7 @@ def copy_as_setting(
         (target / "config.json").write_text(json.dumps({**to_dict(config), **identity, "env": new_env}))
         if (target / "metrics.json").exists():
             metrics = json.loads((target / "metrics.json").read_text())
-            (target / "metrics.json").write_text(
-                json.dumps({**metrics, **identity, "dataset": config.dataset})
-            )
+            (target / "metrics.json").write_text(json.dumps({**metrics, **metrics_identity(config)}))
             assert done_run_problem(target) is None, target
         written.append(target)
     return written
@@ -319,15 +318,7 @@ def _write_run(
         _write_predictions(run_dir, test, images[:predictions], config.model.img_size, rng)
     parameters, gflops = _fake_size(connector, skips, config.model.img_size)
     metrics = {
-        "status": "done",
-        "run_id": run_id(config),
-        "run_name": name,
-        "dataset": config.dataset,
-        "connector": connector,
-        "skips": skips,
-        "seed": config.seed,
-        "fold": config.fold,
-        "repeat": config.repeat,
+        **metrics_identity(config),
         "best_epoch": int(history["val_dice"].idxmax()) + 1,
         "epochs_run": int(epochs),
         "stopped_early": False,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ablation.config import RunConfig
 from ablation.errors import AblationError
-from ablation.store.layout import TEST_METRICS_FILE, run_id
+from ablation.store.layout import TEST_METRICS_FILE, metrics_identity
 from ablation.store.writers import write_image_metrics, write_metrics, write_run_config, write_status
 
 ENTRY_PREFIX = "entered-"
@@ -45,15 +45,7 @@ def _train_one(config: RunConfig, out_dir: Path, device: str | None, config_writ
     write_status(out_dir, "running", epoch=0)
     time.sleep(float(os.environ.get("GRID_TEST_SLEEP", "0.02")))
     metrics = {  # every key of store.METRICS_KEYS, with the types a report validates
-        "status": "done",
-        "run_id": run_id(config),
-        "run_name": out_dir.name,
-        "dataset": config.dataset,
-        "connector": config.model.connector,
-        "skips": config.model.skips,
-        "seed": config.seed,
-        "fold": config.fold,
-        "repeat": config.repeat,
+        **metrics_identity(config),
         **{"best_epoch": 1, "epochs_run": 1, "stopped_early": False, "parameters": 1, "gflops": 0.1},
         **{"seconds": 0.02, "dice_mean": 0.5, "dice_std": 0.0, "iou_mean": 0.33, "iou_std": 0.0},
         **{"dice_micro": 0.5, "iou_micro": 0.33, "hd95_mean": 1.0, "device": device or "cpu"},

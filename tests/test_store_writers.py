@@ -53,15 +53,25 @@ def test_writers_make_a_done_run_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lacks dice_mean"):
         writers.write_metrics(run_dir, {k: v for k, v in metrics.items() if k != "dice_mean"})
     assert state.read_run_state(run_dir)[0] == "pending"
-    typed = {
-        "status": "done",
-        "run_id": layout.run_id(config),
-        "run_name": run_dir.name,
-        "dataset": config.dataset,
-    }
-    typed.update(connector="unet", skips="1111", fold=None, stopped_early=False, device="cpu")
+    typed = layout.metrics_identity(config) | {"stopped_early": False, "device": "cpu"}
     writers.write_metrics(run_dir, {**metrics, **typed})  # the types the store's reader validates
     assert state.read_run_state(run_dir)[0] == "done" and readers.done_run_problem(run_dir) is None
+
+
+def test_metrics_identity_is_what_the_reader_checks_against_the_run(tmp_path: Path) -> None:
+    config = RunConfig(dataset="glas", seed=2, fold=1, repeat=1, num_folds=3)
+    identity = layout.metrics_identity(config)
+    assert tuple(identity) == layout.METRICS_KEYS[:9]  # status .. repeat: the rest are results
+    assert identity == {
+        "status": "done", "run_id": layout.run_id(config), "run_name": layout.run_name(config),
+        "dataset": "glas", "connector": "unet", "skips": "1111", "seed": 2, "fold": 1, "repeat": 1,
+    }  # fmt: skip
+    run_dir = tmp_path / identity["run_name"]
+    record = {"run_id": identity["run_id"], "run_name": identity["run_name"]}
+    readers.check_identity(run_dir, config, record, identity)
+    for key, other in [("fold", 2), ("repeat", 0), ("seed", 3), ("run_id", "0" * 8), ("dataset", "monuseg")]:
+        with pytest.raises(AblationError, match=f"metrics.json: '{key}' is {other!r}, but config.json"):
+            readers.check_identity(run_dir, config, record, identity | {key: other})
 
 
 def test_metrics_writer_refuses_what_the_readers_would_call_damaged(tmp_path: Path) -> None:

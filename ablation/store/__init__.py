@@ -20,9 +20,10 @@ A run folder holds (written in this order; every write is atomic)::
                         run_id, run_name, dataset, connector, skips, seed, fold, repeat, best_epoch, epochs_run,
                         stopped_early, parameters, gflops, seconds, device, dice_mean, dice_std, iou_mean,
                         iou_std, dice_micro, iou_micro (pooled over all test pixels), hd95_mean
-                        (METRICS_KEYS), and where the dataset has instance ids object_f1_mean,
-                        object_dice_mean, object_hausdorff_mean (OBJECT_METRICS_KEYS); train_run adds
-                        best_val_dice, num_test_images and the other *_std values
+                        (METRICS_KEYS; status to repeat are metrics_identity(config)), and where the dataset
+                        has instance ids object_f1_mean, object_dice_mean, object_hausdorff_mean
+                        (OBJECT_METRICS_KEYS); train_run adds best_val_dice, num_test_images and the other
+                        *_std values
 
 A run is identified by a hash of its resolved config; its folder name is readable and deterministic:
 ``<dataset>_<connector>_<skips>_s<seed>_<split>_<hash8>`` where split is ``official`` or ``r<repeat>f<fold>``.
@@ -36,6 +37,7 @@ again, its files set aside in ``<results>/.replaced/``. A done run whose data or
 The modules, lowest first:
 
 - :mod:`ablation.store.layout`: file names, record keys, ``run_id``, ``run_name`` and ``name_fields``,
+  ``metrics_identity`` (the status and identity keys every writer of metrics.json starts it with),
   ``find_runs`` and ``run_dir_in`` (run folders stay inside the results folder);
 - :mod:`ablation.store.readers`: every file read back and validated (``read_done_run``, ``read_run_config``,
   ``check_identity``, ``read_metrics_csv``, ``read_history_csv``);
@@ -61,6 +63,7 @@ from ablation.store.layout import (
     TEST_METRICS_FILE,
     dataset_slug,
     find_runs,
+    metrics_identity,
     name_fields,
     non_identity_keys,
     run_id,
@@ -100,6 +103,7 @@ __all__ = [
     "dataset_slug",
     "done_run_problem",
     "find_runs",
+    "metrics_identity",
     "name_fields",
     "non_identity_keys",
     "read_done_run",

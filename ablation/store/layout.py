@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from ablation.config import RunConfig, to_dict
 from ablation.errors import AblationError
@@ -90,6 +91,27 @@ def run_name(config: RunConfig) -> str:
         f"{dataset_slug(config.dataset)}_{model.connector}_{model.skips}_s{config.seed}_{split_name(config)}_"
         f"{run_id(config)}"
     )
+
+
+def metrics_identity(config: RunConfig) -> dict[str, Any]:
+    """The keys metrics.json starts with: ``status`` (``"done"``) and which run it is, the keys
+    :func:`ablation.store.readers.check_identity` compares with config.json and the folder name.
+
+    Returns:
+        ``{"status", "run_id", "run_name", "dataset", "connector", "skips", "seed", "fold", "repeat"}``; the
+        writer of a run's metrics.json adds its results (the rest of :data:`METRICS_KEYS`).
+    """
+    return {
+        "status": "done",
+        "run_id": run_id(config),
+        "run_name": run_name(config),
+        "dataset": config.dataset,
+        "connector": config.model.connector,
+        "skips": config.model.skips,
+        "seed": config.seed,
+        "fold": config.fold,
+        "repeat": config.repeat,
+    }
 
 
 def non_identity_keys() -> tuple[str, ...]:

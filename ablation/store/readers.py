@@ -24,6 +24,7 @@ from ablation.store.layout import (
     RUN_RECORD_KEYS,
     TEST_METRICS_FILE,
     dataset_slug,
+    metrics_identity,
     name_fields,
     run_name,
     split_name,
@@ -160,11 +161,8 @@ def check_identity(
             raise AblationError(
                 f"{config_path}: {key!r} is {record[key]!r}, the folder's name says {value!r}"
             )
-    identity.update(
-        dataset=config.dataset, connector=config.model.connector, skips=config.model.skips, seed=config.seed,
-        fold=config.fold, repeat=config.repeat,
-    )  # fmt: skip
-    for key, value in identity.items():
+    # metrics.json as the run's writer starts it, with the run_id and name of the folder's name (checked above)
+    for key, value in (metrics_identity(config) | identity).items():
         if metrics[key] != value:
             raise AblationError(
                 f"{metrics_path}: {key!r} is {metrics[key]!r}, but {CONFIG_FILE} and the folder name say {value!r}"

@@ -29,6 +29,7 @@ from ablation.store.layout import (
     LAST_CHECKPOINT,
     MASKED_METRICS_FILE,
     TEST_METRICS_FILE,
+    metrics_identity,
     run_id,
     run_name,
 )
@@ -267,15 +268,7 @@ def finish_variant(variant: Variant, setup: DeviceSetup) -> dict[str, Any]:
         write_image_metrics(out_dir / MASKED_METRICS_FILE, masked_rows)
     seconds_before = sum(row["seconds"] for row in state["history"]) + variant.setup_seconds
     result = {
-        "status": "done",
-        "run_id": run_id(config),
-        "run_name": run_name(config),
-        "dataset": config.dataset,
-        "connector": config.model.connector,
-        "skips": config.model.skips,
-        "seed": config.seed,
-        "fold": config.fold,
-        "repeat": config.repeat,
+        **metrics_identity(config),
         "best_epoch": state["best_epoch"],
         "best_val_dice": state["best_dice"],
         "epochs_run": state["epoch"],
