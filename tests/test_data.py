@@ -653,3 +653,12 @@ def test_a_dataset_of_zero_one_masks_only_is_binary(tmp_path: Path) -> None:
     prepared = load_prepared(str(tmp_path / "ds"), img_size=16, cache_dir=tmp_path / "cache")
     assert prepared.label_kind == "binary"
     assert np.array_equal(prepared.splits["test"].masks[1], written["test"]["test2"][1] > 0)
+
+
+def test_every_interpolation_a_config_accepts_resizes() -> None:
+    from ablation.config import INTERPOLATIONS
+    from ablation.data.resize import resize_image
+
+    image = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+    for name in INTERPOLATIONS:
+        assert resize_image(image, 16, name).shape == (16, 16, 3), name

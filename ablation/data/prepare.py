@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ablation.config import check_interpolation
 from ablation.data import readers, synthetic
 from ablation.data.cache import (
     cache_path,
@@ -33,7 +34,6 @@ from ablation.data.cache import (
 from ablation.data.dataset import DEFAULT_IMG_SIZE, PreparedDataset, PreparedSplit
 from ablation.data.resize import (
     DEFAULT_INTERPOLATION,
-    INTERPOLATIONS,
     resize_image,
     resize_label,
     resize_mask,
@@ -69,10 +69,7 @@ def load_prepared(
         The prepared dataset; its splits hold ``uint8 (N, img_size, img_size, 3)`` images and
         ``uint8 (N, img_size, img_size)`` masks in {0, 1}.
     """
-    if interpolation not in INTERPOLATIONS:
-        raise AblationError(
-            f"unknown interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}"
-        )
+    check_interpolation(interpolation)
     if not isinstance(img_size, int) or not 8 <= img_size <= MAX_IMG_SIZE:
         raise AblationError(f"img_size must be an integer in 8..{MAX_IMG_SIZE}, got {img_size!r}")
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()

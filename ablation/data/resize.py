@@ -13,12 +13,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-# "reference" is handled by resize_bilinear_like_opencv; the others are Pillow filters.
-INTERPOLATIONS = {
-    "reference": None,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
+# "reference" is handled by resize_bilinear_like_opencv; the others (the rest of config.INTERPOLATIONS) by Pillow.
+PILLOW_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 DEFAULT_INTERPOLATION = "reference"
 
 
@@ -28,7 +24,7 @@ def resize_image(image: np.ndarray, size: int, interpolation: str = DEFAULT_INTE
         return image
     if interpolation == "reference":
         return np.clip(np.rint(resize_bilinear_like_opencv(image, size)), 0, 255).astype(np.uint8)
-    resized = Image.fromarray(image).resize((size, size), INTERPOLATIONS[interpolation])
+    resized = Image.fromarray(image).resize((size, size), PILLOW_FILTERS[interpolation])
     return np.asarray(resized, dtype=np.uint8)
 
 
