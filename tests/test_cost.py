@@ -413,3 +413,24 @@ def test_throughput_flag_is_checked(tiny_spec, tmp_path, capsys):
     ]:
         assert main(["run", str(tiny_spec), "--out", str(tmp_path / "results"), *flags]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_cost_lines_in_the_docs_are_what_the_code_prints(shared_datasets, monkeypatch):
+    """README.md and docs/cost.md quote the dry run of paper_skip_study.toml: on an H200 (packs of 48 and 16)
+    and on the CPU. A changed benchmark table or estimate must change the quotes too."""
+    monkeypatch.setenv("ABLATION_DATA", str(shared_datasets))
+    configs = expand_spec(ROOT / "experiments" / "paper_skip_study.toml")
+    printed = {
+        line
+        for device, pack_size in (("NVIDIA H200", 48), ("NVIDIA H200", 16), ("cpu", 1))
+        for line in format_cost(estimate_cost(configs, device=device, pack_size=pack_size))
+    }
+    starts = ("cost: 480 runs", "cost: eval =", "estimated wall time:", "  unet, ")
+    quoted = [
+        (doc, line)
+        for doc in ("README.md", "docs/cost.md")
+        for line in (ROOT / doc).read_text().splitlines()
+        if line.startswith(starts)
+    ]
+    assert len(quoted) >= 8
+    assert [(doc, line) for doc, line in quoted if line not in printed] == []
