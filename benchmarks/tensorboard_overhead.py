@@ -9,21 +9,28 @@ builds the prepared-data cache and is not counted. Per setting it prints the med
 - wall per epoch: the whole ``train_run`` call (set-up, every epoch with its logging, the test evaluation) divided
   by the epochs, which includes what logging costs.
 
-    PYTHONPATH=. python benchmarks/tensorboard_overhead.py --repeats 5   # CPU; needs `pip install tensorboard`
+With ``--out DIR`` it also writes ``DIR/tensorboard_overhead_<device>.json`` (settings, device, torch version,
+date, each repeat's numbers, the medians and ratios).
+
+    PYTHONPATH=. python benchmarks/tensorboard_overhead.py --repeats 5 --out results/benchmarks  # needs tensorboard
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime
+import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import device_slug
 
 from ablation.config import ModelConfig, RunConfig, TrainConfig
+from ablation.io import atomic_write_json
 from ablation.store.layout import HISTORY_FILE
 from ablation.train.engine import train_run
 
@@ -47,6 +54,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="write the record as JSON into this folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train = TrainConfig(max_epochs=args.epochs, min_best_epoch=0, save_predictions=0)
@@ -80,6 +88,22 @@ def main() -> None:
         print(f"logging {name:3s}: step path {step * 1000:7.1f} ms/epoch, wall {wall * 1000:7.1f} ms/epoch")
     (step_off, wall_off), (step_on, wall_on) = medians["off"], medians["on"]
     print(f"ratio on/off: step path {step_on / step_off:.3f}, wall {wall_on / wall_off:.3f}")
+    if args.out is not None:
+        device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
+        record = {
+            "meta": {
+                **{key: getattr(args, key) for key in ("base", "size", "epochs", "images_every", "repeats")},
+                "threads": torch.get_num_threads(),
+                "device": device,
+                "processor": platform.processor() or platform.machine(),
+                "torch": torch.__version__,
+                "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            },
+            "seconds_per_epoch": {name: {"step_path": s, "wall": w} for name, (s, w) in medians.items()},
+            "runs": {name: [{"step_path": s, "wall": w} for s, w in runs] for name, runs in results.items()},
+            "ratio_on_off": {"step_path": step_on / step_off, "wall": wall_on / wall_off},
+        }
+        atomic_write_json(args.out / f"tensorboard_overhead_{device_slug(device)}.json", record)
 
 
 if __name__ == "__main__":
