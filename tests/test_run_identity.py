@@ -58,6 +58,12 @@ def _edit_json(path: Path, **changes: object) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
+def _edit_setting(run_dir: Path, section: str, **changes: object) -> None:
+    """A setting of config.json changed by hand after the run was named (its identity fields untouched)."""
+    record = json.loads((run_dir / CONFIG_FILE).read_text())
+    _edit_json(run_dir / CONFIG_FILE, **{section: {**record[section], **changes}})
+
+
 def _swap(a: Path, b: Path) -> None:
     """Two run folders trade names: each holds the other's files."""
     a.rename(a.with_name("swap"))
@@ -100,6 +106,8 @@ def test_runs_whose_files_disagree_are_damaged_named_and_agreed_on(grid: tuple[P
         (lambda d: _edit_json(d / CONFIG_FILE, seed=5), "the folder name says seed 0, config.json 5"),
         (lambda d: _edit_json(d / CONFIG_FILE, dataset="synthetic-glands"), "says dataset synthetic-nuclei"),
         (lambda d: d.rename(d.with_name("renamed")), "the folder name is not a run name"),
+        (lambda d: _edit_setting(d, "train", lr=0.5), "config.json: its settings hash to run id"),
+        (lambda d: _edit_setting(d, "model", base_channels=16), "the folder's name says"),
     ],
     ids=[
         "run-id",
@@ -111,6 +119,8 @@ def test_runs_whose_files_disagree_are_damaged_named_and_agreed_on(grid: tuple[P
         "config-seed",
         "config-data",
         "renamed",
+        "config-lr",
+        "config-width",
     ],
 )
 def test_each_identity_field_is_checked(grid: tuple[Path, list[RunConfig]], tamper, reason: str):

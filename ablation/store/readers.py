@@ -26,6 +26,7 @@ from ablation.store.layout import (
     dataset_slug,
     metrics_identity,
     name_fields,
+    run_id,
     run_name,
     split_name,
 )
@@ -161,6 +162,11 @@ def check_identity(
             raise AblationError(
                 f"{config_path}: {key!r} is {record[key]!r}, the folder's name says {value!r}"
             )
+    if run_id(config) != fields["run_id"]:  # a setting changed by hand after the run was named
+        raise AblationError(
+            f"{config_path}: its settings hash to run id {run_id(config)}, the folder's name says {fields['run_id']}"
+            " (edited after the run?)"
+        )
     # metrics.json as the run's writer starts it, with the run_id and name of the folder's name (checked above)
     for key, value in (metrics_identity(config) | identity).items():
         if metrics[key] != value:
