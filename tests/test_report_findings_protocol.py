@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from fake_results import PlantedEffects, make_fake_results
+from fake_results import PlantedEffects, copy_as_setting, make_fake_results
 
 from ablation.report import write_report
 from ablation.report.claims import stated_verdict
@@ -25,17 +25,16 @@ from ablation.report.protocol import DIFFERENT, PAPER, REDUCED, UNRECORDED, desc
 GLAS_LIKE = PlantedEffects(skip=(-0.04, -0.01, 0.03, -0.01), interactions={(1, 3): 0.01, (1, 2): 0.02})
 
 
-def _paper_protocol(root: Path) -> None:
-    """Rewrite a synthetic folder's runs as if trained with the paper's protocol (stopped early at 180)."""
-    for config_path in root.glob("*/config.json"):
-        config = json.loads(config_path.read_text())
-        config["model"].update(base_channels=64, img_size=224)
-        config["train"].update(max_epochs=2000, patience=50)
-        config_path.write_text(json.dumps(config))
-        metrics_path = config_path.parent / "metrics.json"
+def _paper_protocol(source: Path, root: Path) -> Path:
+    """Copy a synthetic folder's runs into ``root`` as runs trained with the paper's protocol (stopped early at
+    180); returns ``root``."""
+    paper = {"model.base_channels": 64, "model.img_size": 224, "train.max_epochs": 2000, "train.patience": 50}
+    for run_dir in copy_as_setting(source, root, paper):
+        metrics_path = run_dir / "metrics.json"
         metrics = json.loads(metrics_path.read_text())
         metrics.update(epochs_run=180, best_epoch=129, stopped_early=True)
         metrics_path.write_text(json.dumps(metrics))
+    return root
 
 
 def test_reduced_scale_study_says_so_beside_every_verdict(tmp_path: Path) -> None:
@@ -78,7 +77,7 @@ def test_reduced_scale_study_says_so_beside_every_verdict(tmp_path: Path) -> Non
 
 def test_paper_protocol_study_gets_the_plain_verdict(tmp_path: Path) -> None:
     make_fake_results(
-        tmp_path,
+        tmp_path / "small",
         datasets=("glas",),
         subsets=["0000", "1000", "1111"],
         seeds=(0, 1, 2),
@@ -88,8 +87,8 @@ def test_paper_protocol_study_gets_the_plain_verdict(tmp_path: Path) -> None:
         history_epochs=2,
         effects=GLAS_LIKE,
     )
-    _paper_protocol(tmp_path)
-    found = {f.finding: f for f in check_findings(load_results(tmp_path), n_boot=200)}
+    paper = _paper_protocol(tmp_path / "small", tmp_path / "paper")
+    found = {f.finding: f for f in check_findings(load_results(paper), n_boot=200)}
     for number in ("1", "2"):
         assert found[number].verdict == REPRODUCED and found[number].stated_verdict == REPRODUCED
         assert "(45 runs): reproduced. Paper's claim: " in found[number].text
