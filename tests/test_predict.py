@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ablation.cli import main
-from ablation.config import ModelConfig, RunConfig, TrainConfig, to_dict
+from ablation.config import ModelConfig, RunConfig, TrainConfig, from_dict, to_dict
 from ablation.data import PreparedSplit, load_prepared
 from ablation.data.resize import resize_bilinear_like_opencv
 from ablation.errors import AblationError
@@ -24,6 +24,7 @@ from ablation.predict import choose_study_runs, load_predictor, predict_folder
 from ablation.predict.inference import predict_probabilities, resize_probability
 from ablation.store import layout
 from ablation.train import evaluate_checkpoint, train_run
+from ablation.train.checkpoint import CheckpointRecord, load_model_checkpoint
 from ablation.train.device import setup_device
 
 CPU = setup_device("cpu")
@@ -155,6 +156,25 @@ def test_scores_at_the_runs_size_equal_ablation_evaluate(
     )
     scored = predict_folder(runs[0], big, tmp_path / "out_big", masks_dir=big_masks, device="cpu")
     assert scored.rows[0]["dice"] > 0.3 and scored.summary["num_images"] == 1
+
+
+def test_predict_and_evaluate_read_checkpoints_with_one_loader(runs: list[Path], tmp_path: Path) -> None:
+    """load_model_checkpoint serves both: the same size rule and the same one-line errors naming the file."""
+    best = runs[0] / layout.BEST_CHECKPOINT
+    saved = torch.load(best, weights_only=True)
+    model, record = load_model_checkpoint(best, img_size=64)  # a U-Net runs at any multiple of 16
+    assert record == CheckpointRecord("run", 64, from_dict(RunConfig, saved["config"])) and not model.training
+    predictor = load_predictor(runs[0], CPU, img_size=64)
+    assert (predictor.img_size, predictor.kind, predictor.run_name) == (64, "run", runs[0].name)
+    saved["config"]["model"]["connector"] = "foo"
+    torch.save(saved, tmp_path / "bad_config.pt")
+    messages = set()
+    for load in (load_model_checkpoint, lambda path: load_predictor(path, CPU)):
+        with pytest.raises(AblationError) as caught:
+            load(tmp_path / "bad_config.pt")
+        messages.add(str(caught.value))
+    (message,) = messages
+    assert message.startswith(f"checkpoint {tmp_path / 'bad_config.pt'}: its stored config is invalid: ")
 
 
 def test_ensemble_averages_probabilities(runs: list[Path], test_split, tmp_path: Path) -> None:

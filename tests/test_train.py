@@ -187,6 +187,37 @@ def test_resume_refuses_a_folder_of_another_run(tmp_path: Path) -> None:
         assert "weights_only" not in message
 
 
+def test_resume_refuses_a_checkpoint_written_on_another_device_type(tmp_path: Path) -> None:
+    """A run's generator state belongs to one device type: a CUDA run's checkpoint cannot resume on CPU."""
+    config = tiny_config(seed=4, max_epochs=1)
+    train_run(config, tmp_path / "run", device="cpu", progress=False)
+    (tmp_path / "run" / layout.METRICS_FILE).unlink()
+    checkpoint = tmp_path / "run" / layout.LAST_CHECKPOINT
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["device_type"] == "cpu"
+    # As a CUDA run writes it: a Philox generator state (seed and offset, 16 bytes), not the CPU one (5056).
+    cuda = {
+        **saved,
+        "device_type": "cuda",
+        "rng": {**saved["rng"], "generator": torch.zeros(16, dtype=torch.uint8)},
+    }
+    older = {key: value for key, value in cuda.items() if key != "device_type"}  # before the record existed
+    expected = (
+        f"checkpoint {checkpoint} was written on cuda: resume it on cuda, or delete it to restart the run"
+    )
+    for forged in (cuda, older):
+        torch.save(forged, checkpoint)
+        with pytest.raises(AblationError) as caught:
+            train_run(config, tmp_path / "run", device="cpu", progress=False)
+        assert str(caught.value) == expected
+        assert (
+            read_json(tmp_path / "run" / layout.STATUS_FILE)["status"] == f"failed: AblationError: {expected}"
+        )
+    # An older CPU checkpoint (no record, a CPU generator state) resumes as before.
+    torch.save({key: value for key, value in saved.items() if key != "device_type"}, checkpoint)
+    assert train_run(config, tmp_path / "run", device="cpu", progress=False)["epochs_run"] == 1
+
+
 @pytest.mark.parametrize("train", [{"max_epochs": 2}, {"max_epochs": 6, "patience": 0}])
 def test_resume_after_a_crash_in_the_test_evaluation(tmp_path: Path, monkeypatch, train: dict) -> None:
     """checkpoint_last.pt holds the final epoch (max_epochs or patience spent): only finishing is left."""

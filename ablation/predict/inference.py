@@ -17,13 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ablation.config import RunConfig, from_dict
 from ablation.errors import AblationError
 from ablation.store.layout import BEST_CHECKPOINT, find_runs, run_name
+from ablation.train.checkpoint import load_model_checkpoint
 from ablation.train.device import DeviceSetup, autocast, to_memory_format
 from ablation.train.evaluate import to_input
 
-REFERENCE_IMG_SIZE = 224  # the reference code's default training size
 # The dihedral group of the square: (quarter turns, then a left-right flip).
 DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))
 
@@ -34,7 +33,7 @@ class Predictor:
 
     Attributes:
         model: in eval mode on the device; returns logits (B, 1, img_size, img_size).
-        img_size: the square training size images are resized to.
+        img_size: the square size images are resized to (the training size unless ``img_size`` asked another).
         interpolation: how its training images were resized (``reference``, ``bilinear``, ``bicubic``).
         bgr: feed BGR instead of RGB.
         threshold: foreground where the probability exceeds it.
@@ -91,55 +90,30 @@ def load_predictor(
 ) -> Predictor:
     """Load a run folder's best checkpoint, one of our checkpoint files or a reference checkpoint.
 
-    Loading goes through ``torch.load(weights_only=True)``; our checkpoints rebuild the model from the run
-    config stored inside, others are read with :func:`ablation.models.load_reference_checkpoint`.
+    Loading is :func:`ablation.train.checkpoint.load_model_checkpoint` (``torch.load(weights_only=True)``): our
+    checkpoints rebuild the model from the run config stored inside, others are read as reference checkpoints.
 
     Args:
         source: a run folder, our ``checkpoint_*.pt`` or a reference ``*.pth.tar``.
         bgr: channel order override; None follows the model (ours RGB, reference BGR).
-        img_size: the training size of a reference checkpoint (default 224); our checkpoints record theirs.
+        img_size: the size to predict at: a reference checkpoint's training size (default 224); for ours,
+            default its training size, another one only without CCT (as ``ablation evaluate --img-size``).
 
     Raises:
-        AblationError: an unreadable checkpoint, a stored config that is invalid or does not fit the weights,
-            or an ``img_size`` that differs from the size our checkpoint was trained at.
+        AblationError: one line naming the file: unreadable, a stored config that is invalid or does not fit
+            the weights, or another ``img_size`` for a model with CCT.
     """
-    from ablation.models import build_model, load_reference_checkpoint
-    from ablation.models.reference import read_checkpoint
-
     path = find_checkpoint(source)
-    state = read_checkpoint(path)
-    if not (isinstance(state, dict) and isinstance(state.get("config"), dict) and "model" in state):
-        size = img_size if img_size is not None else REFERENCE_IMG_SIZE
-        model = load_reference_checkpoint(path, img_size=size)
-        order = bgr if bgr is not None else getattr(model, "channel_order", "RGB") == "BGR"
-        # The reference code thresholds probabilities at 0.5.
-        return Predictor(_ready(model, setup), size, "reference", order, 0.5, path, "reference")
-    try:
-        config = from_dict(RunConfig, state["config"])
-    except AblationError as error:
-        raise AblationError(f"checkpoint {path}: its stored config is invalid: {error}") from None
-    if img_size is not None and img_size != config.model.img_size:
-        raise AblationError(
-            f"checkpoint {path} was trained at img_size {config.model.img_size}: runs predict at their own "
-            "training size (img_size applies to reference checkpoints)"
-        )
-    model = build_model(config.model)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError, AttributeError) as error:
-        detail = " ".join(str(error).split())[:200]
-        raise AblationError(
-            f"checkpoint {path}: its weights do not fit the {config.model.connector} model of its config: "
-            f"{detail}"
-        ) from None
+    model, record = load_model_checkpoint(path, img_size=img_size, device=setup.device)
+    model = to_memory_format(model, setup)  # in eval mode on the device
+    order = bgr if bgr is not None else getattr(model, "channel_order", "RGB") == "BGR"
+    if record.config is None:  # the reference code thresholds probabilities at 0.5
+        return Predictor(model, record.img_size, "reference", order, 0.5, path, "reference")
+    config = record.config
     return Predictor(
-        _ready(model, setup), config.model.img_size, config.interpolation, bool(bgr), config.train.threshold,
-        path, "run", run_name(config),
+        model, record.img_size, config.interpolation, order, config.train.threshold, path, "run",
+        run_name(config),
     )  # fmt: skip
-
-
-def _ready(model: torch.nn.Module, setup: DeviceSetup) -> torch.nn.Module:
-    return to_memory_format(model.to(setup.device), setup).eval()
 
 
 def _dihedral(x: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Training and evaluation (UCTransNet protocol, Wang et al., AAAI 2022). See docs/training.md and docs/packed.md.
 
 Public API: :func:`train_run` (one run), :func:`train_packed` (K runs as one fused pack), :class:`RunFailed`,
-:func:`evaluate_checkpoint`; metrics in
+:func:`evaluate_checkpoint`, :func:`load_model_checkpoint` (a trained model from our checkpoint or the reference
+code's); metrics in
 :mod:`ablation.train.metrics` (numpy/scipy only). Names resolve lazily so that ``ablation.train.cli`` and
 ``ablation.train.metrics`` import without torch.
 """
@@ -15,6 +16,7 @@ _EXPORTS = {
     "train_packed": "ablation.train.engine",
     "RunFailed": "ablation.train.engine",
     "evaluate_checkpoint": "ablation.train.evaluate",
+    "load_model_checkpoint": "ablation.train.checkpoint",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,22 +8,28 @@ loads them and a run can resume alone or in a pack from either.
 ``checkpoint_last.pt`` holds everything a killed run needs to continue exactly where the checkpoint was taken:
 weights, the Adam state (in ``torch.optim.Adam(model.parameters()).state_dict()`` form), the schedule, the global
 torch RNGs (dropout) and the run's own generator (batch order and augmentation), the early-stopping state with the
-best weights so far, and the history.
+best weights so far, and the history. The generator's state is that of one device type (a CPU generator's state
+is 5,056 bytes, a CUDA Philox one 16), so the file records the device type it was written on and resumes only
+there.
 
 A run with ``train.init_from`` starts from its source run's ``checkpoint_best.pt`` (:func:`copy_source_weights`).
+:func:`load_model_checkpoint` is the one reader of a trained model for scoring and prediction: ours (the run
+config stored inside) or the reference code's.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ablation.config import RunConfig, to_dict
+from ablation.config import RunConfig, from_dict, to_dict
 from ablation.errors import AblationError
 from ablation.io import atomic_write_bytes
 from ablation.store.layout import BEST_CHECKPOINT, run_id
@@ -31,6 +37,7 @@ from ablation.train.device import DeviceSetup
 
 # The early-stopping state of a run, as checkpoint_last.pt holds it (see :func:`new_run_state`).
 STATE_KEYS = ("epoch", "best_dice", "best_epoch", "best_model", "history")
+REFERENCE_IMG_SIZE = 224  # the reference code's default training size
 
 
 def new_run_state() -> dict[str, Any]:
@@ -86,6 +93,7 @@ def save_last_checkpoint(
         {
             "run_id": run_id(config),
             "config": to_dict(config),
+            "device_type": generator.device.type,  # the generator's state resumes only on this device type
             "model": model_state,
             "optimizer": optimizer_state,
             "scheduler": scheduler_state,
@@ -105,10 +113,10 @@ def load_last_checkpoint(
         scheduler's state dict.
 
     Raises:
-        AblationError: an unreadable checkpoint, one of another run, or weights that do not fit the model.
+        AblationError: an unreadable checkpoint, one of another run, one written on another device type (its
+            generator state cannot be restored here), or weights that do not fit the model.
     """
     from ablation.models.reference import read_checkpoint
-    from ablation.train.evaluate import first_state_dict_mismatch
 
     restart = "delete it to restart the run"
     try:
@@ -122,6 +130,11 @@ def load_last_checkpoint(
     missing = [key for key in ("model", "optimizer", "scheduler", "rng", *STATE_KEYS) if key not in saved]
     if missing:
         raise AblationError(f"checkpoint {path} lacks {', '.join(missing)}; {restart}")
+    written_on = saved.get("device_type") or _generator_device_type(saved["rng"]["generator"])
+    if written_on != generator.device.type:
+        raise AblationError(
+            f"checkpoint {path} was written on {written_on}: resume it on {written_on}, or {restart}"
+        )
     mismatch = first_state_dict_mismatch(model.state_dict(), saved["model"])
     if mismatch is not None:
         raise AblationError(
@@ -133,6 +146,105 @@ def load_last_checkpoint(
     if setup.is_cuda and "cuda" in saved["rng"]:
         torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), setup.device)
     return {key: copy.copy(saved[key]) for key in STATE_KEYS}, saved["optimizer"], saved["scheduler"]
+
+
+def _generator_device_type(state: Any) -> str:
+    """The device type a saved generator state comes from, for checkpoints written before ``device_type`` was
+    recorded: a CPU generator's state has the size of today's CPU state, a CUDA one (seed and offset) another."""
+    cpu_size = torch.Generator().get_state().numel()
+    return "cpu" if isinstance(state, torch.Tensor) and state.numel() == cpu_size else "cuda"
+
+
+def first_state_dict_mismatch(
+    expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]
+) -> str | None:
+    """The first difference between a model's state dict and saved weights, in words; None when they fit."""
+    for key, tensor in expected.items():
+        if key not in weights:
+            return f"{key!r} is missing"
+        if tuple(weights[key].shape) != tuple(tensor.shape):
+            return f"{key!r} has shape {tuple(weights[key].shape)}, the model needs {tuple(tensor.shape)}"
+    extra = [key for key in weights if key not in expected]
+    if extra:
+        return f"unexpected key {extra[0]!r}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRecord:
+    """What :func:`load_model_checkpoint` read besides the weights.
+
+    Attributes:
+        kind: ``run`` (our checkpoint_best.pt or checkpoint_last.pt, the run config inside) or ``reference``
+            (the reference code's checkpoint, or a bare state dict).
+        img_size: the input size the model was built for.
+        config: our run config as stored (its own ``model.img_size`` is the training size); None for reference
+            checkpoints.
+    """
+
+    kind: str
+    img_size: int
+    config: RunConfig | None = None
+
+
+def load_model_checkpoint(
+    path: str | Path, *, img_size: int | None = None, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, CheckpointRecord]:
+    """Load a trained model from our checkpoint or the reference code's, in eval mode on ``device``.
+
+    A file is ours when it is a dict with a ``config`` entry and ``model`` weights or a ``run_id``: the model is
+    rebuilt from that run config and its weights are checked against it before loading. Anything else is read
+    by :func:`ablation.models.load_reference_checkpoint` (the network inferred from the keys and shapes). Files
+    are read with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: the checkpoint file.
+        img_size: the input size to build the model for. Ours: default its training size; another size only for
+            models without CCT (CCT's position embeddings fix the token grid). Reference checkpoints: their
+            training size, default 224.
+        device: where the model goes.
+
+    Returns:
+        ``(model, record)``: the model returns logits ``(B, 1, img_size, img_size)``; reference models have
+        ``channel_order == "BGR"``.
+
+    Raises:
+        AblationError: one line naming the file: unreadable, a stored config that is invalid, no weights,
+            weights that do not fit, or another size for a model with CCT.
+    """
+    from ablation.models import build_model, load_reference_checkpoint
+    from ablation.models.reference import read_checkpoint
+
+    path = Path(path)
+    saved = read_checkpoint(path)
+    if not (isinstance(saved, Mapping) and "config" in saved and ("model" in saved or "run_id" in saved)):
+        size = img_size if img_size is not None else REFERENCE_IMG_SIZE
+        model = load_reference_checkpoint(path, img_size=size)
+        return model.to(device).eval(), CheckpointRecord("reference", size)
+    try:
+        config = from_dict(RunConfig, saved["config"])
+    except AblationError as error:
+        raise AblationError(f"checkpoint {path}: its stored config is invalid: {error}") from None
+    weights = saved.get("model")
+    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise AblationError(f"checkpoint {path}: no model weights (expected a state dict under 'model')")
+    model_config = config.model
+    if img_size is not None and img_size != model_config.img_size:
+        if any(key.endswith("position_embeddings") for key in weights):
+            raise AblationError(
+                f"checkpoint {path}: this checkpoint was trained at img_size {model_config.img_size}: "
+                f"use --img-size {model_config.img_size}"
+            )
+        model_config = dataclasses.replace(model_config, img_size=img_size)
+    model = build_model(model_config)
+    mismatch = first_state_dict_mismatch(model.state_dict(), weights)
+    if mismatch is not None:
+        raise AblationError(
+            f"checkpoint {path}: its weights do not fit the {config.model.connector} model of its config: "
+            f"{mismatch}"
+        )
+    model.load_state_dict(weights)
+    return model.to(device).eval(), CheckpointRecord("run", model_config.img_size, config)
 
 
 def save_best_checkpoint(path: Path, config: RunConfig, state: dict[str, Any]) -> None:

@@ -7,19 +7,18 @@ mean/std normalisation; the reference code reads images with OpenCV, so its rele
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ablation.config import RunConfig, TrainConfig
+from ablation.config import TrainConfig
 from ablation.errors import AblationError
 from ablation.skips import ALL_SUBSETS
 from ablation.store.writers import write_image_metrics
+from ablation.train.checkpoint import load_model_checkpoint
 from ablation.train.device import DeviceSetup, autocast, setup_device, to_memory_format
 from ablation.train.metrics import evaluate_predictions
 
@@ -105,78 +104,6 @@ def score_test(
     return rows, summary, preds, masked_rows
 
 
-def _load_any_checkpoint(
-    path: Path, img_size: int | None, device: torch.device
-) -> tuple[torch.nn.Module, int, RunConfig | None]:
-    """Our checkpoint_best.pt / checkpoint_last.pt or a reference checkpoint -> (model, img_size, run config).
-
-    The run config is the one stored in our checkpoint (None for reference checkpoints).
-    """
-    from ablation.models import load_reference_checkpoint
-    from ablation.models.reference import read_checkpoint
-
-    state = read_checkpoint(path)
-    if isinstance(state, Mapping) and "config" in state and ("model" in state or "run_id" in state):
-        model, size, config = _load_own_checkpoint(path, state, img_size)
-        return model.to(device), size, config
-    size = img_size if img_size is not None else 224
-    model = load_reference_checkpoint(path, img_size=size)
-    return model.to(device), size, None
-
-
-def _load_own_checkpoint(
-    path: Path, state: Mapping[str, Any], img_size: int | None
-) -> tuple[torch.nn.Module, int, RunConfig]:
-    """Build the model our checkpoint's stored config describes and load its weights (checked first).
-
-    Returns:
-        ``(model, img_size, run config)``.
-    """
-    from ablation.config import from_dict
-    from ablation.models import build_model
-
-    try:
-        config = from_dict(RunConfig, state["config"])
-    except AblationError as error:
-        raise AblationError(f"checkpoint {path}: its stored config is invalid: {error}") from None
-    weights = state.get("model")
-    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise AblationError(f"checkpoint {path}: no model weights (expected a state dict under 'model')")
-    trained = config.model.img_size
-    if img_size is not None and img_size != trained:
-        # CCT's position embeddings fix the token grid; the convolutional models run at any multiple of 16.
-        if any(key.endswith("position_embeddings") for key in weights):
-            raise AblationError(
-                f"checkpoint {path}: this checkpoint was trained at img_size {trained}: "
-                f"use --img-size {trained}"
-            )
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, img_size=img_size))
-    model = build_model(config.model)
-    mismatch = first_state_dict_mismatch(model.state_dict(), weights)
-    if mismatch is not None:
-        raise AblationError(
-            f"checkpoint {path}: its weights do not fit the {config.model.connector} model of its config: "
-            f"{mismatch}"
-        )
-    model.load_state_dict(weights)
-    return model, config.model.img_size, config
-
-
-def first_state_dict_mismatch(
-    expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]
-) -> str | None:
-    """The first difference between a model's state dict and saved weights, in words; None when they fit."""
-    for key, tensor in expected.items():
-        if key not in weights:
-            return f"{key!r} is missing"
-        if tuple(weights[key].shape) != tuple(tensor.shape):
-            return f"{key!r} has shape {tuple(weights[key].shape)}, the model needs {tuple(tensor.shape)}"
-    extra = [key for key in weights if key not in expected]
-    if extra:
-        return f"unexpected key {extra[0]!r}"
-    return None
-
-
 def _check_output_path(path: Path) -> None:
     """Fail before the evaluation, not after it, when the CSV cannot be written where asked."""
     if path.is_dir():
@@ -225,8 +152,8 @@ def evaluate_checkpoint(
     if out_csv is not None:
         _check_output_path(Path(out_csv))
     setup = setup_device(device, precision="fp32" if device == "cpu" else "auto")
-    model, size, trained = _load_any_checkpoint(path, img_size, setup.device)
-    model = to_memory_format(model, setup)
+    model, record = load_model_checkpoint(path, img_size=img_size, device=setup.device)
+    model, size, trained = to_memory_format(model, setup), record.img_size, record.config
     # A run trained with --data-root stores it, so its checkpoint finds the same named dataset again; and its
     # images are prepared as they were in training.
     trained_root = trained.data_root if trained is not None else None
