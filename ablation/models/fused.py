@@ -11,7 +11,8 @@ variants along dim 0: variant k's tensor is ``tensor[k]``, restricted to its own
 variants that stopped (parameters, buffers and, in the trainer, Adam's moments).
 
 Skip subsets in one pack. A pack is built with the union of its variants' skips; a variant that lacks a skip
-multiplies it by a fixed 0 before the decoder (buffer ``skip_keep (K, 4)``). For ``unet`` and ``cca`` that is
+multiplies it by a fixed 0 before the decoder (buffers ``skip_keep1`` .. ``skip_keep4``, ``(K, C_l)``: variant
+k's 0/1 scale of each channel of level l). For ``unet`` and ``cca`` that is
 exactly the structurally removed model: the first decoder convolution's weights that read a zeroed skip start at
 zero and receive exactly zero gradient, so Adam keeps them at zero; a CCA gate on a zeroed skip outputs zeros and
 receives zero gradient. The other weights are the variant's own (built with the fan-in of its active channels).
@@ -196,7 +197,9 @@ class FusedUNet(nn.Module):
             variants, in_channels=c1, skip_channels=c1 * on[0], out_channels=c1, **decoder
         )
         self.outc = PackedConv2d(variants, c1, template.num_classes, 1)
-        self.register_buffer("skip_keep", flags.float() if masked else None)
+        for level, width in enumerate(self.skip_channels, start=1):  # (K, 4) -> per level (K, C_l)
+            keep = flags[:, level - 1, None].float().expand(-1, width).contiguous() if masked else None
+            self.register_buffer(f"skip_keep{level}", keep)
         self.channels_last = False
         self._layouts = [self._layout(config) for config in configs]
 
@@ -222,14 +225,11 @@ class FusedUNet(nn.Module):
         return self.outc(d1)
 
     def _keep(self, skips: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
-        """Zero each variant's switched-off skips: ``skip_keep[k, l]`` scales variant k's channels of level l."""
-        if self.skip_keep is None:
+        """Zero each variant's switched-off skips: ``skip_keep<l>[k]`` scales variant k's channels of level l."""
+        if self.skip_keep1 is None:
             return skips
-        # (K, 4) -> per level a (K*C_l,) 0/1 vector over the pack's channels, variant k's C_l channels in turn
-        keep = [
-            self.skip_keep[:, level].repeat_interleave(width)
-            for level, width in enumerate(self.skip_channels)
-        ]
+        # (K, C_l) -> (K*C_l,), a view: a 0/1 scale over the pack's channels, variant k's C_l channels in turn
+        keep = [getattr(self, f"skip_keep{level}").flatten() for level in range(1, 5)]
         return keep_skips(skips, keep)
 
     # one mapping between a variant's own network and its slice of the pack --------------------------------
@@ -242,7 +242,7 @@ class FusedUNet(nn.Module):
 
         Only the first convolution of a decoder block whose skip the variant lacks reads fewer input channels
         (the U-Net decoder concatenates ``[upsampled, skip]``, the UCTransNet one ``[skip, upsampled]``); pack
-        tensors the variant lacks (its CCA gates of missing skips, ``skip_keep``) are left out.
+        tensors the variant lacks (its CCA gates of missing skips, the ``skip_keep`` buffers) are left out.
         """
         with torch.device("meta"):
             model = build_model(config)
