@@ -18,7 +18,7 @@ from ablation.models.fused import MASKABLE, FusedUNet
 from ablation.packing import MASKABLE_CONNECTORS
 from ablation.train.device import DeviceSetup, setup_device
 from ablation.train.losses import segmentation_loss
-from ablation.train.pack import Pack
+from ablation.train.pack import Pack, make_scheduler
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -233,3 +233,46 @@ def test_channels_last_pack_keeps_its_layout_through_slicing() -> None:
         assert state["exp_avg"].stride() == parameter.stride() == state["exp_avg_sq"].stride(), name
     weight = channels_last["up2.nConvs.0.conv.weight"].flatten(0, 1)
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+def test_schedule_writes_its_learning_rate_into_the_graphs_tensor() -> None:
+    """With CUDA graphs the Adam step reads the learning rate from one device tensor (``Pack.lr_tensor``): each
+    epoch's schedule step must write its value there, the same object, also after a resume's state load."""
+    config = _model_config("unet", "1111")
+    train = TrainConfig(scheduler_t0=2)  # lr 1e-3, 5.5e-4, 1e-3, ...: a stale value would show
+    packs = [Pack(_seeded_models([config], torch.float64), [config], setup=setup_device("cpu"), train=train)]
+    packs.append(
+        Pack(_seeded_models([config], torch.float64), [config], setup=setup_device("cpu"), train=train)
+    )
+    graphed = packs[1]  # as make_optimizer builds it for CUDA graphs, on CPU: a tensor learning rate
+    graphed.lr_tensor = torch.tensor(train.lr, dtype=torch.float64)
+    graphed.optimizer = torch.optim.Adam(graphed.network.parameters(), lr=graphed.lr_tensor, foreach=False)
+    graphed.scheduler = make_scheduler(graphed.optimizer, train)
+    lr_tensor = graphed.lr_tensor
+    for epoch, (images, masks) in enumerate(_batches(4, 1, torch.float64)):
+        for pack in packs:
+            pack.step(images, masks)
+            pack.step_schedule()
+        assert graphed.optimizer.param_groups[0]["lr"] is lr_tensor and graphed.lr_tensor is lr_tensor
+        expected = float(packs[0].scheduler.get_last_lr()[0])
+        assert (
+            lr_tensor.item()
+            == pytest.approx(expected, rel=1e-12)
+            == float(graphed.scheduler.get_last_lr()[0])
+        )
+        assert packs[0].lr == pytest.approx(expected, rel=1e-12)
+        if epoch == 0:
+            assert expected == pytest.approx((train.lr + train.scheduler_eta_min) / 2)
+    for name, parameter in graphed.network.named_parameters():  # the steps used the schedule's values
+        torch.testing.assert_close(parameter, dict(packs[0].network.named_parameters())[name], msg=name)
+
+    # A resume loads the saved Adam state (its learning rate a float) and the schedule: the tensor stays.
+    saved = graphed.optimizer_state(0, graphed.network)
+    graphed.load_optimizer_states([saved], [graphed.network], graphed.scheduler.state_dict())
+    assert (
+        graphed.optimizer.param_groups[0]["lr"] is lr_tensor
+        and lr_tensor.item() == saved["param_groups"][0]["lr"]
+    )
+    graphed.step_schedule()
+    packs[0].step_schedule()
+    assert lr_tensor.item() == pytest.approx(packs[0].lr, rel=1e-12)

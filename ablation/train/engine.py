@@ -218,7 +218,7 @@ def _train_pack(
         epoch_start = time.perf_counter()
         lr = pack.lr
         train_losses = train_epoch(pack, *train, [v.generator for v in variants], cfg)
-        pack.scheduler.step()
+        pack.step_schedule()
         val_losses, val_dice = pack.validate(*val)
         numbers = torch.stack([train_losses, val_losses, val_dice], dim=1).tolist()  # the epoch's one sync
         seconds = (time.perf_counter() - epoch_start) / len(variants)  # the epoch's wall time, shared

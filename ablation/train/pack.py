@@ -33,7 +33,7 @@ GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture, as CUDA g
 def make_optimizer(params: Iterable[torch.Tensor], cfg: TrainConfig, setup: DeviceSetup) -> torch.optim.Adam:
     """The paper's Adam (``cfg.lr``, ``cfg.weight_decay``): fused on CUDA, capturable with CUDA graphs."""
     graphs = cfg.cuda_graphs and setup.is_cuda
-    # A captured step reads the learning rate from device memory, so the schedule's updates reach it.
+    # A captured step reads the learning rate from device memory; Pack.step_schedule writes each epoch's into it.
     lr: float | torch.Tensor = torch.tensor(cfg.lr, device=setup.device) if graphs else cfg.lr
     return torch.optim.Adam(
         params, lr=lr, weight_decay=cfg.weight_decay, fused=setup.is_cuda, capturable=graphs
@@ -96,6 +96,9 @@ class Pack:
         self.step_network = maybe_compile(self.network, setup, train.compile)
         self.param_names = [name for name, _ in self.network.named_parameters()]
         self.optimizer = make_optimizer(self.network.parameters(), train, setup)
+        lr = self.optimizer.param_groups[0]["lr"]
+        # With CUDA graphs: the device tensor the captured Adam step reads the learning rate from.
+        self.lr_tensor: torch.Tensor | None = lr if isinstance(lr, torch.Tensor) else None
         self.scheduler = make_scheduler(self.optimizer, train)
         self._graphs: dict[tuple[int, ...], tuple[Any, ...]] = {}
 
@@ -165,12 +168,22 @@ class Pack:
         self._set_lr(float(states[0]["param_groups"][0]["lr"]))
         self.scheduler.load_state_dict(scheduler_state)
 
+    def step_schedule(self) -> None:
+        """Advance the per-epoch schedule and put its learning rate where the next steps read it.
+
+        A captured CUDA graph reads :attr:`lr_tensor`, and whether ``scheduler.step()`` fills that tensor in place
+        or replaces it with a float depends on the torch version, so the new value is written into it here.
+        """
+        self.scheduler.step()
+        self._set_lr(float(self.scheduler.get_last_lr()[0]))
+
     def _set_lr(self, value: float) -> None:
         group = self.optimizer.param_groups[0]
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(value)
-        else:
+        if self.lr_tensor is None:
             group["lr"] = value
+            return
+        self.lr_tensor.fill_(value)
+        group["lr"] = self.lr_tensor  # load_state_dict and older schedulers put another object there
 
     def select(self, keep: Sequence[int]) -> None:
         """Keep only the variants ``keep``: parameters, buffers and Adam moments are sliced along dim 0."""
