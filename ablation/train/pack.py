@@ -213,6 +213,7 @@ class Pack:
         """One optimiser step of every variant; returns the ``(K,)`` detached losses (no host sync).
 
         With ``cuda_graphs`` on CUDA, full batches replay a captured graph; a shorter last batch runs eagerly.
+        The graph's losses are its output buffer, valid until the next step: use them before stepping again.
         """
         cfg = self.train_config
         if cfg.cuda_graphs and self.setup.is_cuda and images.shape[1] == cfg.batch_size:
@@ -231,7 +232,7 @@ class Pack:
         static_images.copy_(images)
         static_masks.copy_(masks)
         graph.replay()
-        return static_losses.clone()
+        return static_losses
 
     def _capture(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[Any, ...]:
         """Capture one step for batches shaped like ``images``; the warm-up steps leave no trace."""
