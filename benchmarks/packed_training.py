@@ -6,12 +6,12 @@ Everything runs in this process on one device:
   the host, per-sample numpy/scipy augmentation, the batch copied to the device, eager fp32 NCHW, Adam,
   ``loss.item()`` every step. One run at a time, so its images/s is the same for any number of variants.
 - ``<connector>/<K>/<options>``: the engine's own step for K variants (``ablation.train.engine.sample_batch``
-  then ``Pack.step``): device-resident uint8 data, each variant's batch and augmentation from its own
-  generator, bf16 autocast and channels_last on CUDA, fused Adam, no host sync. K = 1 is a single run (the
-  structural network itself); K >= 2 a fused pack. Options: ``grouped`` or ``per_variant`` (3x3 convolutions,
-  ``TrainConfig.pack_conv``), ``eager``, ``graph`` (``TrainConfig.cuda_graphs``), ``compile``
-  (``TrainConfig.compile``), ``det`` (deterministic algorithms, the training default; otherwise cuDNN
-  autotuning as ``train.deterministic=false``).
+  then ``Pack.step``, each epoch's draws from ``draw_epoch``): device-resident uint8 data, each variant's batch
+  and augmentation from its own generator, bf16 autocast and channels_last on CUDA, fused Adam, no host sync.
+  K = 1 is a single run (the structural network itself); K >= 2 a fused pack. Options: ``grouped`` or
+  ``per_variant`` (3x3 convolutions, ``TrainConfig.pack_conv``), ``eager``, ``graph``
+  (``TrainConfig.cuda_graphs``), ``compile`` (``TrainConfig.compile``), ``det`` (deterministic algorithms, the
+  training default; otherwise cuDNN autotuning as ``train.deterministic=false``).
 - ``profile/<connector>/<K>``: a ``torch.profiler`` pass of a few eager steps in each 3x3 convolution mode,
   listing the top CUDA kernels (name, time, calls): whether cuDNN runs the grouped convolution on NHWC
   tensor-core kernels, and what K dense convolutions on K streams cost instead.
@@ -46,7 +46,7 @@ from ablation.config import ModelConfig, TrainConfig
 from ablation.io import atomic_write_json, atomic_write_text
 from ablation.models import build_model
 from ablation.train.device import DeviceSetup, determinism, setup_device, to_memory_format
-from ablation.train.engine import sample_batch
+from ablation.train.engine import draw_epoch, sample_batch
 from ablation.train.pack import Pack
 
 # Most important first: a time budget drops the tail.
@@ -87,12 +87,19 @@ def engine_step(
     count = images.shape[1]
     generators = [torch.Generator(device=setup.device).manual_seed(seed) for seed in range(k)]
     loss_sum = torch.zeros(k, device=setup.device)
+    rows = torch.arange(k, device=setup.device)[:, None]
+    steps_per_epoch = max(1, count // batch)
+    epoch: dict[str, Any] = {"steps": 0}
 
     def step() -> None:
-        index = torch.stack(
-            [torch.randint(0, count, (batch,), generator=g, device=setup.device) for g in generators]
-        )  # (K, B)
-        batch_images, batch_masks = sample_batch(images, masks, index, generators)
+        start = (epoch["steps"] % steps_per_epoch) * batch
+        if start == 0:  # each variant's order and transforms for a whole epoch, as train_epoch draws them
+            epoch["order"], epoch["theta"] = draw_epoch(generators, count, True)  # (K, N), (K, N, 2, 3)
+        epoch["steps"] += 1
+        window = slice(start, start + batch)
+        batch_images, batch_masks = sample_batch(
+            images, masks, epoch["order"][:, window], rows, epoch["theta"][:, window]
+        )
         loss_sum.add_(pack.step(batch_images, batch_masks))
 
     return step

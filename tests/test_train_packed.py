@@ -61,6 +61,21 @@ def _history(run_dir: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
+def test_a_run_draws_the_same_epoch_alone_and_in_a_pack() -> None:
+    """Each run's batch order and transforms come from its own generator only, epoch after epoch."""
+    generators = [torch.Generator().manual_seed(seed) for seed in (3, 4, 5)]
+    alone = torch.Generator().manual_seed(4)
+    for _ in range(2):  # two epochs: each draws randperm(N) then random_affine(N) from the run's generator
+        order, theta = engine.draw_epoch(generators, 10, augment=True)
+        own_order, own_theta = engine.draw_epoch([alone], 10, augment=True)
+        assert order.shape == (3, 10) and theta.shape == (3, 10, 2, 3) and theta.dtype == torch.float32
+        assert torch.equal(order[1], own_order[0]) and torch.equal(theta[1], own_theta[0])
+        assert not torch.equal(order[0], order[1]) and sorted(order[1].tolist()) == list(range(10))
+    assert torch.equal(generators[1].get_state(), alone.get_state())
+    order, theta = engine.draw_epoch(generators, 10, augment=False)
+    assert theta is None and torch.equal(order[1], torch.randperm(10, generator=alone))
+
+
 def test_train_packed_writes_run_folders_like_train_run(tmp_path: Path) -> None:
     configs = [
         _run_config(seed, skips, max_epochs=4, patience=1)

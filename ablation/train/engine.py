@@ -255,37 +255,54 @@ def _train_pack(
     bar.close()
 
 
+def draw_epoch(
+    generators: Sequence[torch.Generator], count: int, augment: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each run's batch order and augmentation for one epoch, from its own generator only.
+
+    Each generator draws ``randperm(count)`` then, with ``augment``, ``random_affine(count)`` (the transform of
+    each position of the epoch), so a run draws the same numbers alone or in a pack of any size.
+
+    Returns:
+        ``(K, N)`` sample indices on the generators' device and ``float32 (K, N, 2, 3)`` affine matrices, or None.
+    """
+    from ablation.data.augment import random_affine
+
+    device = generators[0].device
+    order = torch.stack([torch.randperm(count, generator=g, device=device) for g in generators])
+    if not augment:
+        return order, None
+    return order, torch.stack([random_affine(count, g) for g in generators])
+
+
 def sample_batch(
     images: torch.Tensor,
     masks: torch.Tensor,
     index: torch.Tensor,
-    generators: Sequence[torch.Generator] | None,
+    rows: torch.Tensor,
+    theta: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather each run's batch and augment it with its own generator, as that run alone would.
-
-    Each run's transforms are drawn by ``random_affine(B, generator)`` (the draws ``augment_batch`` makes), then
-    all K * B samples are resampled by one ``apply_affine`` call.
+    """Gather each run's batch and resample it with its transforms, all K * B samples in one ``apply_affine``.
 
     Args:
         images: ``uint8 (K, N, 3, H, W)`` train sets on the device.
         masks: ``uint8 (K, N, 1, H, W)``.
         index: ``(K, B)`` sample indices per run.
-        generators: the runs' data generators, or None for no augmentation.
+        rows: ``(K, 1)`` = ``arange(K)[:, None]``, made once per epoch.
+        theta: ``(K, B, 2, 3)`` the batch's affine matrices (:func:`draw_epoch`), or None for no augmentation.
 
     Returns:
         images ``(K, B, 3, H, W)`` float in [0, 1] and masks ``(K, B, 1, H, W)`` float.
     """
-    from ablation.data.augment import apply_affine, random_affine
+    from ablation.data.augment import apply_affine
 
-    rows = torch.arange(index.shape[0], device=index.device)[:, None]
     batch_images, batch_masks = images[rows, index], masks[rows, index]  # (K, B, C, H, W)
-    if generators is None:
+    if theta is None:
         return batch_images.float().div_(255.0), batch_masks.float()
-    theta = torch.cat([random_affine(index.shape[1], generator) for generator in generators])
-    flat_images, flat_masks = apply_affine(batch_images.flatten(0, 1), batch_masks.flatten(0, 1), theta)
-    return flat_images.unflatten(0, index.shape), flat_masks.unflatten(
-        0, index.shape
+    flat_images, flat_masks = apply_affine(
+        batch_images.flatten(0, 1), batch_masks.flatten(0, 1), theta.flatten(0, 1)
     )  # (K*B, ...) -> (K, B, ...)
+    return flat_images.unflatten(0, index.shape), flat_masks.unflatten(0, index.shape)
 
 
 def train_epoch(
@@ -297,11 +314,12 @@ def train_epoch(
         images: ``uint8 (K, N, 3, H, W)``; masks: ``uint8 (K, N, 1, H, W)``, on the device.
     """
     count, device = images.shape[1], images.device
-    # Each run draws its order, then its augmentations, from its own generator.
-    order = torch.stack([torch.randperm(count, generator=g, device=device) for g in generators])  # (K, N)
+    order, theta = draw_epoch(generators, count, cfg.augment)  # (K, N), (K, N, 2, 3)
+    rows = torch.arange(len(generators), device=device)[:, None]
     loss_sum = torch.zeros(len(generators), device=device)
     for start in range(0, count, cfg.batch_size):
-        index = order[:, start : start + cfg.batch_size]  # (K, B)
-        batch_images, batch_masks = sample_batch(images, masks, index, generators if cfg.augment else None)
-        loss_sum += pack.step(batch_images, batch_masks) * index.shape[1]
+        stop = min(start + cfg.batch_size, count)
+        batch = None if theta is None else theta[:, start:stop]
+        batch_images, batch_masks = sample_batch(images, masks, order[:, start:stop], rows, batch)
+        loss_sum += pack.step(batch_images, batch_masks) * (stop - start)
     return loss_sum / count
