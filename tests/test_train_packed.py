@@ -21,6 +21,7 @@ from ablation.packing import can_pack, group_for_packing
 from ablation.store import layout, state
 from ablation.train import engine, run_folder
 from ablation.train.engine import train_packed, train_run
+from ablation.train.pack import Pack
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -227,6 +228,109 @@ def test_non_finite_variant_fails_alone(tmp_path: Path, monkeypatch: pytest.Monk
     assert results[1]["status"] == "failed: non-finite loss at epoch 1"
     assert read_json(dirs[1] / layout.STATUS_FILE)["status"] == "failed: non-finite loss at epoch 1"
     assert state.read_run_state(dirs[1])[0] == "failed" and not (dirs[1] / layout.METRICS_FILE).exists()
+
+
+def _out_of_memory_when(too_large) -> object:
+    """A Pack.validate that raises CUDA's out-of-memory error for the packs ``too_large(pack)`` picks."""
+    real_validate = Pack.validate
+
+    def validate(pack, *args, **kwargs):
+        if too_large(pack):
+            raise torch.cuda.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 139 GiB"
+            )
+        return real_validate(pack, *args, **kwargs)
+
+    return validate
+
+
+def test_a_pack_that_does_not_fit_is_split_and_trains_as_it_would_have(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of memory in a pack's first epoch (after its training steps), fresh or resumed: it is trained in halves,
+    each from where the whole pack started (weights, Adam states, generators), to the results it would have had."""
+    configs = [
+        _run_config(seed, skips, max_epochs=4)
+        for seed, skips in ((0, "1111"), (1, "1010"), (2, "0000"), (3, "0110"))
+    ]
+    fits = train_packed(configs, [tmp_path / "fits" / str(i) for i in range(4)], device="cpu", progress=False)
+
+    real_end_epoch = engine.end_epoch
+
+    def crash_in_epoch_three(variant, numbers, **kwargs):
+        done = real_end_epoch(variant, numbers, **kwargs)
+        if numbers[0] == 3:  # checkpoints exist from epoch 2: the resumed pack's first epoch is epoch 3
+            raise RuntimeError("simulated crash")
+        return done
+
+    resumed = [tmp_path / "resumed" / str(i) for i in range(4)]
+    monkeypatch.setattr(engine, "end_epoch", crash_in_epoch_three)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_packed(configs, resumed, device="cpu", progress=False)
+    monkeypatch.setattr(engine, "end_epoch", real_end_epoch)
+
+    sizes = []
+    real_train_pack = engine._train_pack
+
+    def recording_train_pack(variants, *args):
+        sizes.append(len(variants))
+        return real_train_pack(variants, *args)
+
+    monkeypatch.setattr(engine, "_train_pack", recording_train_pack)
+    monkeypatch.setattr(Pack, "validate", _out_of_memory_when(lambda pack: pack.size > 2))
+    fresh = [tmp_path / "fresh" / str(i) for i in range(4)]
+    for dirs in (fresh, resumed):
+        sizes.clear()
+        split = train_packed(configs, dirs, device="cpu", progress=False)
+        assert sizes == [4, 2, 2]
+        for index, (whole, halves) in enumerate(zip(fits, split)):
+            assert halves["status"] == "done" and halves["epochs_run"] == whole["epochs_run"] == 4
+            for key in ("dice_mean", "iou_mean", "hd95_mean"):
+                assert halves[key] == pytest.approx(whole[key], abs=1e-4), key
+            for row, expected in zip(_history(dirs[index]), _history(tmp_path / "fits" / str(index))):
+                for key in ("train_loss", "val_loss", "val_dice", "lr"):
+                    assert row[key] == pytest.approx(expected[key], abs=1e-4), key
+            assert read_json(dirs[index] / layout.STATUS_FILE) == {
+                "status": "done",
+                "epoch": 4,
+                "pack_size": 2,
+            }
+            assert read_json(tmp_path / "fits" / str(index) / layout.STATUS_FILE)["pack_size"] == 4
+
+
+def test_a_run_that_does_not_fit_alone_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _run_config(0, "1111", max_epochs=2)
+    monkeypatch.setattr(Pack, "validate", _out_of_memory_when(lambda pack: True))
+    with pytest.raises(AblationError) as caught:
+        train_run(config, tmp_path / layout.run_name(config), device="cpu", progress=False)
+    expected = (
+        f"run {layout.run_name(config)} does not fit in the memory of cpu even alone (CUDA out of memory. "
+        "Tried to allocate 2.00 GiB): lower train.batch_size, model.img_size or model.base_channels"
+    )
+    assert str(caught.value) == expected
+    status = read_json(tmp_path / layout.run_name(config) / layout.STATUS_FILE)["status"]
+    assert status == f"failed: AblationError: {expected}"
+
+
+def test_out_of_memory_after_the_first_epoch_is_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Later epochs changed the runs' folders, so a pack is split only for a failure in its first epoch."""
+    configs = [_run_config(seed, "1111", max_epochs=3) for seed in (0, 1)]
+    calls = []
+    monkeypatch.setattr(
+        Pack, "validate", _out_of_memory_when(lambda pack: calls.append(1) or len(calls) == 2)
+    )
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        train_packed(configs, dirs, device="cpu", progress=False)
+    assert len(calls) == 2  # not retried
+    for run_dir in dirs:
+        status = read_json(run_dir / layout.STATUS_FILE)
+        assert status["status"].startswith("failed: OutOfMemoryError: CUDA out of memory")
+        assert len(_history(run_dir)) == 1
 
 
 def test_bad_input(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ A run folder holds (written in this order; every write is atomic)::
     config.json         resolved RunConfig + "run_id", "run_name", "env" (packages, git commit, device,
                         dataset fingerprint, splits file), written when the run starts; a run started from
                         another run's weights (train.init_from) also records "init_weights": what was copied
-    status.json         {"status": "running" | "done" | "failed: <reason>", "error": ..., "epoch": ...}
+    status.json         {"status": "running" | "done" | "failed: <reason>", "error": ..., "epoch": ...}; from the
+                        first epoch trained in a session also "pack_size" and, on CUDA, "peak_memory_gib"
     history.csv         one row per epoch: epoch, train_loss, val_loss, val_dice, lr, seconds
     tensorboard/        optional (train.tensorboard): TensorBoard event files, written once per epoch
     checkpoint_last.pt  resumable state (model, optimiser, scheduler, RNG, early-stopping state, epoch)

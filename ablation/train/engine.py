@@ -10,7 +10,8 @@ Every number is a :class:`ablation.config.TrainConfig` field.
 epoch loop, one step, one way to report a failed run and one place that writes a run folder
 (:mod:`ablation.train.run_folder`). Each run keeps its own initialisation (``torch.manual_seed(seed)`` then
 ``build_model``), its own generator for batch order and augmentation, its own early stopping and its own folder;
-a run that stops (patience, non-finite loss) is written out and sliced out of the pack.
+a run that stops (patience, non-finite loss) is written out and sliced out of the pack. A pack that runs out of
+device memory in its first epoch is trained in halves from the same start (:func:`_train_pack`).
 
 Speed: train splits live on the device as uint8; batches are gathered by index with each run's generator and
 augmented there in one batched resampling; losses accumulate on the device and are read once per epoch, which is
@@ -19,10 +20,11 @@ also when non-finite losses are detected.
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -48,6 +50,8 @@ from ablation.train.run_folder import (
     record_non_finite,
 )
 from ablation.train.tensorboard_log import check_tensorboard
+
+T = TypeVar("T")
 
 
 class RunFailed(AblationError):
@@ -200,59 +204,147 @@ def _pack_data(variants: list[Variant]) -> tuple[list[torch.Tensor], list[torch.
     return train, val
 
 
+class PackOutOfMemory(Exception):
+    """The device ran out of memory before a pack's first epoch ended, so nothing of its runs has changed yet."""
+
+
 def _train_pack(
     variants: list[Variant], setup: DeviceSetup, progress: bool, results: list[dict[str, Any] | None]
 ) -> None:
-    """Train runs at the same epoch (and split sizes) in lockstep until each stops; write each one out."""
+    """Train runs at the same epoch (and split sizes) in lockstep until each stops; write each one out.
+
+    A pack too large for the device's memory fails within its first epoch (every peak, CUDA-graph capture and
+    validation included, is reached there), before any run's weights, state or folder changed: it is split in
+    halves, trained one after the other, recursively; a single run that does not fit fails with one line.
+    """
+    generators = [variant.generator.get_state() for variant in variants]
+    global_rng = torch.get_rng_state(), torch.cuda.get_rng_state(setup.device) if setup.is_cuda else None
+    try:
+        _train_lockstep(variants, setup, progress, results)
+        return
+    except PackOutOfMemory as error:
+        reason = str(error)
+    gc.collect()  # the failed attempt's tensors, also any held in reference cycles, go back to the allocator
+    if setup.is_cuda:
+        torch.cuda.empty_cache()
+    if len(variants) == 1:
+        raise AblationError(
+            f"run {variants[0].out_dir.name} does not fit in the memory of {setup.name} even alone ({reason}): "
+            "lower train.batch_size, model.img_size or model.base_channels"
+        )
+    for variant, state in zip(variants, generators):  # each half starts where the whole pack started
+        variant.generator.set_state(state)
+    torch.set_rng_state(global_rng[0])
+    if global_rng[1] is not None:
+        torch.cuda.set_rng_state(global_rng[1], setup.device)
+    half = (len(variants) + 1) // 2
+    for part in (variants[:half], variants[half:]):
+        _train_pack(part, setup, progress, results)
+
+
+def _train_lockstep(
+    variants: list[Variant], setup: DeviceSetup, progress: bool, results: list[dict[str, Any] | None]
+) -> None:
+    """The epoch loop of one pack; raises PackOutOfMemory for a CUDA out-of-memory error in its first epoch."""
     cfg = variants[0].config.train
-    pack = Pack([v.model for v in variants], [v.config.model for v in variants], setup=setup, train=cfg)
+    start_epoch = variants[0].state["epoch"]
+    if setup.is_cuda:
+        torch.cuda.reset_peak_memory_stats(setup.device)
+    pack = _within_memory(True, _open_pack, variants, setup)
+    name = run_name(variants[0].config) if len(variants) == 1 else f"pack of {len(variants)}"
+    bar = tqdm(total=cfg.max_epochs, initial=start_epoch, desc=name, disable=not progress)
+    train, val = _pack_data(variants)
+    try:
+        for epoch in range(start_epoch + 1, cfg.max_epochs + 1):
+            epoch_start = time.perf_counter()
+            first = epoch == start_epoch + 1
+            lr, numbers = _within_memory(first, _run_epoch, pack, train, val, variants, cfg)
+            if first:
+                _record_memory(variants, setup, bar)
+            seconds = (time.perf_counter() - epoch_start) / len(variants)  # the epoch's wall time, shared
+            log_predictions(variants, epoch, *val, pack.probabilities)  # TensorBoard previews, every N epochs
+            finished = []
+            for k, (variant, (train_loss, val_loss, dice)) in enumerate(zip(variants, numbers)):
+                failure = record_non_finite(variant, epoch, train_loss, val_loss)
+                done = failure is None and end_epoch(
+                    variant,
+                    (epoch, train_loss, val_loss, dice, lr, seconds),
+                    export=lambda k=k, variant=variant: pack.export(k, variant.model),
+                    optimizer_states=lambda k=k, variant=variant: (
+                        pack.optimizer_state(k, variant.model),
+                        plain_scheduler_state(pack.scheduler),
+                    ),
+                )
+                if failure is not None or done:
+                    results[variant.position] = failure or finish_variant(variant, setup)
+                    finished.append(k)
+            if len(variants) == 1:
+                bar.set_postfix(loss=f"{numbers[0][0]:.4f}", val_dice=f"{numbers[0][2]:.4f}", refresh=False)
+            else:
+                bar.set_postfix(
+                    runs=len(variants) - len(finished), best=max(v.state["best_dice"] for v in variants)
+                )
+            bar.update(1)
+            if finished:
+                keep = [k for k in range(len(variants)) if k not in finished]
+                if not keep:
+                    break
+                pack.select(keep)
+                variants = [variants[k] for k in keep]
+                train, val = _pack_data(variants)
+    finally:
+        bar.close()
+
+
+def _within_memory(first_epoch: bool, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)``; a CUDA out-of-memory error during a pack's first epoch becomes PackOutOfMemory."""
+    try:
+        return work(*args)
+    except torch.cuda.OutOfMemoryError as error:
+        if not first_epoch:
+            raise
+        reason = ". ".join(str(error).split(". ")[:2])  # "CUDA out of memory. Tried to allocate X GiB"
+    # Raised outside the handler, so the failed attempt's frames (and their tensors) are not kept alive.
+    raise PackOutOfMemory(reason)
+
+
+def _open_pack(variants: list[Variant], setup: DeviceSetup) -> Pack:
+    """The runs' pack, with their saved Adam states and schedule when they resume."""
+    pack = Pack(
+        [v.model for v in variants], [v.config.model for v in variants], setup=setup,
+        train=variants[0].config.train,
+    )  # fmt: skip
     if variants[0].optimizer_state is not None:
         pack.load_optimizer_states(
             [v.optimizer_state for v in variants], [v.model for v in variants], variants[0].scheduler_state
         )
-    start_epoch = variants[0].state["epoch"]
-    name = run_name(variants[0].config) if len(variants) == 1 else f"pack of {len(variants)}"
-    bar = tqdm(total=cfg.max_epochs, initial=start_epoch, desc=name, disable=not progress)
-    train, val = _pack_data(variants)
-    for epoch in range(start_epoch + 1, cfg.max_epochs + 1):
-        epoch_start = time.perf_counter()
-        lr = pack.lr
-        train_losses = train_epoch(pack, *train, [v.generator for v in variants], cfg)
-        pack.step_schedule()
-        val_losses, val_dice = pack.validate(*val)
-        numbers = torch.stack([train_losses, val_losses, val_dice], dim=1).tolist()  # the epoch's one sync
-        seconds = (time.perf_counter() - epoch_start) / len(variants)  # the epoch's wall time, shared
-        log_predictions(variants, epoch, *val, pack.probabilities)  # TensorBoard previews, every N epochs
-        finished = []
-        for k, (variant, (train_loss, val_loss, dice)) in enumerate(zip(variants, numbers)):
-            failure = record_non_finite(variant, epoch, train_loss, val_loss)
-            done = failure is None and end_epoch(
-                variant,
-                (epoch, train_loss, val_loss, dice, lr, seconds),
-                export=lambda k=k, variant=variant: pack.export(k, variant.model),
-                optimizer_states=lambda k=k, variant=variant: (
-                    pack.optimizer_state(k, variant.model),
-                    plain_scheduler_state(pack.scheduler),
-                ),
-            )
-            if failure is not None or done:
-                results[variant.position] = failure or finish_variant(variant, setup)
-                finished.append(k)
-        if len(variants) == 1:
-            bar.set_postfix(loss=f"{numbers[0][0]:.4f}", val_dice=f"{numbers[0][2]:.4f}", refresh=False)
-        else:
-            bar.set_postfix(
-                runs=len(variants) - len(finished), best=max(v.state["best_dice"] for v in variants)
-            )
-        bar.update(1)
-        if finished:
-            keep = [k for k in range(len(variants)) if k not in finished]
-            if not keep:
-                break
-            pack.select(keep)
-            variants = [variants[k] for k in keep]
-            train, val = _pack_data(variants)
-    bar.close()
+    return pack
+
+
+def _run_epoch(
+    pack: Pack,
+    train: list[torch.Tensor],
+    val: list[torch.Tensor],
+    variants: list[Variant],
+    cfg: TrainConfig,
+) -> tuple[float, list[list[float]]]:
+    """One epoch of every run: ``(lr, [[train_loss, val_loss, val_dice] per run])``, read in one host sync."""
+    lr = pack.lr
+    train_losses = train_epoch(pack, *train, [v.generator for v in variants], cfg)
+    pack.step_schedule()
+    val_losses, val_dice = pack.validate(*val)
+    return lr, torch.stack([train_losses, val_losses, val_dice], dim=1).tolist()
+
+
+def _record_memory(variants: list[Variant], setup: DeviceSetup, bar: Any) -> None:
+    """After a pack's first epoch: its size and, on CUDA, the peak memory it took (status.json, progress bar)."""
+    memory: dict[str, Any] = {"pack_size": len(variants)}
+    if setup.is_cuda:
+        memory["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(setup.device) / 2**30, 3)
+        if not bar.disable:
+            bar.write(f"{bar.desc}: peak memory {memory['peak_memory_gib']:.2f} GiB on {setup.name}")
+    for variant in variants:
+        variant.memory = memory
 
 
 def draw_epoch(

@@ -159,8 +159,8 @@ class Pack:
         for index, name in enumerate(self.param_names):
             entries = [variant.get(name) for variant in by_name]
             present = [entry for entry in entries if entry]
-            if present:
-                packed[index] = {"step": present[0]["step"]}
+            if present:  # copies: the saved states stay as they were (a pack too large for memory is retried)
+                packed[index] = {"step": present[0]["step"].clone()}
                 for key in present[0].keys() - {"step"}:
                     packed[index][key] = self._embed(name, [e[key] if e else None for e in entries])
         groups = self.optimizer.state_dict()["param_groups"]

@@ -72,6 +72,9 @@ class Variant:
     scheduler_state: dict[str, Any] | None = None
     stopped_early: bool = False
     log: TensorBoardLog | None = None  # with train.tensorboard
+    # status.json's record of the pack it trains in this session: pack_size and, on CUDA, peak_memory_gib (the
+    # peak allocated in the pack's first epoch, for the memory estimates of ablation/packing.py)
+    memory: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def check_trainable(config: RunConfig) -> None:
@@ -214,7 +217,7 @@ def end_epoch(
             variant.out_dir / LAST_CHECKPOINT, variant.config, model.state_dict(), optimizer_state,
             scheduler_state, variant.generator, state,
         )  # fmt: skip
-        write_status(variant.out_dir, "running", epoch=epoch)
+        write_status(variant.out_dir, "running", epoch=epoch, **variant.memory)
     return done
 
 
@@ -278,7 +281,7 @@ def finish_variant(variant: Variant, setup: DeviceSetup) -> dict[str, Any]:
         "device": setup.name,
         **summary,
     }
-    write_status(out_dir, "done", epoch=state["epoch"])
+    write_status(out_dir, "done", epoch=state["epoch"], **variant.memory)
     close_log(variant)
     write_metrics(out_dir, result)  # last: the run is done exactly when this exists
     return result
