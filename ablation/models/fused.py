@@ -267,10 +267,6 @@ class FusedUNet(nn.Module):
         where = self._layouts[k][name]
         return tensor if where is None else tensor[:, where]
 
-    def variant_names(self, k: int) -> list[str]:
-        """The names of variant ``k``'s own tensors (parameters and buffers)."""
-        return list(self._layouts[k])
-
     @torch.no_grad()
     def load_variant(self, k: int, model: nn.Module) -> None:
         """Copy a variant's own network (parameters and buffers) into slice ``k``; the rest stays as is."""
