@@ -25,12 +25,12 @@ demo: install
 	$(VENV)/bin/ablation demo
 
 lint: install
-	$(VENV)/bin/ruff format --check ablation tests benchmarks
-	$(VENV)/bin/ruff check ablation tests benchmarks
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 format: install
-	$(VENV)/bin/ruff format ablation tests benchmarks
-	$(VENV)/bin/ruff check --fix ablation tests benchmarks
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) .pytest_cache
