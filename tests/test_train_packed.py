@@ -230,15 +230,18 @@ def test_non_finite_variant_fails_alone(tmp_path: Path, monkeypatch: pytest.Monk
     assert state.read_run_state(dirs[1])[0] == "failed" and not (dirs[1] / layout.METRICS_FILE).exists()
 
 
-def _out_of_memory_when(too_large) -> object:
-    """A Pack.validate that raises CUDA's out-of-memory error for the packs ``too_large(pack)`` picks."""
+CUDA_OUT_OF_MEMORY = torch.cuda.OutOfMemoryError(
+    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 139 GiB"
+)
+
+
+def _out_of_memory_when(too_large, error: RuntimeError = CUDA_OUT_OF_MEMORY) -> object:
+    """A Pack.validate that raises ``error`` (CUDA's out-of-memory error) for the packs ``too_large(pack)`` picks."""
     real_validate = Pack.validate
 
     def validate(pack, *args, **kwargs):
         if too_large(pack):
-            raise torch.cuda.OutOfMemoryError(
-                "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 139 GiB"
-            )
+            raise error
         return real_validate(pack, *args, **kwargs)
 
     return validate
@@ -346,3 +349,27 @@ def test_bad_input(tmp_path: Path) -> None:
     wide = RunConfig(dataset=config.dataset, model=ModelConfig(in_channels=4, base_channels=4, img_size=32))
     with pytest.raises(AblationError, match="'model.in_channels' must be 3 for training"):
         train_packed([wide], [tmp_path / "b"], device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("error", "split"),
+    [
+        (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
+        (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), False),
+    ],
+    ids=["cudnn-alloc", "cublas-alloc", "other-error"],
+)
+def test_library_allocation_failures_split_a_pack_and_other_errors_do_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: RuntimeError, split: bool
+) -> None:
+    configs = [_run_config(seed, "1111", max_epochs=1) for seed in (0, 1)]
+    monkeypatch.setattr(Pack, "validate", _out_of_memory_when(lambda pack: pack.size > 1, error))
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    if split:
+        results = train_packed(configs, dirs, device="cpu", progress=False)
+        assert [r["status"] for r in results] == ["done", "done"]
+        assert [read_json(d / layout.STATUS_FILE)["pack_size"] for d in dirs] == [1, 1]
+    else:
+        with pytest.raises(RuntimeError, match="illegal memory access"):
+            train_packed(configs, dirs, device="cpu", progress=False)

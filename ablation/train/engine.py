@@ -296,12 +296,22 @@ def _train_lockstep(
         bar.close()
 
 
+# How cuDNN and cuBLAS report a failed workspace allocation: a RuntimeError, not torch.cuda.OutOfMemoryError.
+ALLOCATION_FAILURES = ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
 def _within_memory(first_epoch: bool, work: Callable[..., T], *args: Any) -> T:
-    """``work(*args)``; a CUDA out-of-memory error during a pack's first epoch becomes PackOutOfMemory."""
+    """``work(*args)``; running out of device memory during a pack's first epoch becomes PackOutOfMemory.
+
+    Out of memory is ``torch.cuda.OutOfMemoryError`` or a RuntimeError naming one of :data:`ALLOCATION_FAILURES`.
+    """
     try:
         return work(*args)
-    except torch.cuda.OutOfMemoryError as error:
-        if not first_epoch:
+    except RuntimeError as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        memory = isinstance(error, torch.cuda.OutOfMemoryError) or any(
+            failure in str(error) for failure in ALLOCATION_FAILURES
+        )
+        if not (first_epoch and memory):
             raise
         reason = ". ".join(str(error).split(". ")[:2])  # "CUDA out of memory. Tried to allocate X GiB"
     # Raised outside the handler, so the failed attempt's frames (and their tensors) are not kept alive.
