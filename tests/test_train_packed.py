@@ -130,6 +130,24 @@ def test_train_packed_writes_run_folders_like_train_run(tmp_path: Path) -> None:
     assert finished["dice_mean"] == pytest.approx(results[full]["dice_mean"]) and finished["epochs_run"] == 4
 
 
+def _train_until_crash(
+    monkeypatch: pytest.MonkeyPatch, configs: list[RunConfig], dirs: list[Path], epoch: int
+) -> None:
+    """Train a pack until a simulated crash just after its first run recorded ``epoch`` (history, checkpoint)."""
+    real_end_epoch = engine.end_epoch
+
+    def crash(variant, numbers, **kwargs):
+        done = real_end_epoch(variant, numbers, **kwargs)
+        if numbers[0] == epoch:
+            raise RuntimeError("simulated crash")
+        return done
+
+    monkeypatch.setattr(engine, "end_epoch", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_packed(configs, dirs, device="cpu", progress=False)
+    monkeypatch.setattr(engine, "end_epoch", real_end_epoch)
+
+
 def test_resume_after_a_kill_equals_the_uninterrupted_pack(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,22 +158,10 @@ def test_resume_after_a_kill_equals_the_uninterrupted_pack(
         configs, [tmp_path / "whole" / str(i) for i in range(3)], device="cpu", progress=False
     )
 
-    real_end_epoch, calls = engine.end_epoch, []
-
-    def crash_in_epoch_three(*args, **kwargs):
-        calls.append(1)
-        done = real_end_epoch(*args, **kwargs)
-        if len(calls) == 7:  # epoch 3 of the first run, recorded; checkpoints exist from epoch 2
-            raise RuntimeError("simulated crash")
-        return done
-
     dirs = [tmp_path / "split" / str(i) for i in range(3)]
-    monkeypatch.setattr(engine, "end_epoch", crash_in_epoch_three)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_packed(configs, dirs, device="cpu", progress=False)
+    _train_until_crash(monkeypatch, configs, dirs, epoch=3)  # checkpoints exist from epoch 2
     assert all(state.read_run_state(d)[0] == "failed" for d in dirs)
     assert len(_history(dirs[0])) == 3  # epoch 3 was appended before the crash: resuming must redo it
-    monkeypatch.setattr(engine, "end_epoch", real_end_epoch)
     resumed = train_packed(configs, dirs, device="cpu", progress=False)
     for index, (before, after) in enumerate(zip(whole, resumed)):
         assert {k: v for k, v in after.items() if k != "seconds"} == {
@@ -258,19 +264,9 @@ def test_a_pack_that_does_not_fit_is_split_and_trains_as_it_would_have(
     ]
     fits = train_packed(configs, [tmp_path / "fits" / str(i) for i in range(4)], device="cpu", progress=False)
 
-    real_end_epoch = engine.end_epoch
-
-    def crash_in_epoch_three(variant, numbers, **kwargs):
-        done = real_end_epoch(variant, numbers, **kwargs)
-        if numbers[0] == 3:  # checkpoints exist from epoch 2: the resumed pack's first epoch is epoch 3
-            raise RuntimeError("simulated crash")
-        return done
-
     resumed = [tmp_path / "resumed" / str(i) for i in range(4)]
-    monkeypatch.setattr(engine, "end_epoch", crash_in_epoch_three)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_packed(configs, resumed, device="cpu", progress=False)
-    monkeypatch.setattr(engine, "end_epoch", real_end_epoch)
+    # checkpoints exist from epoch 2: the resumed pack's first epoch is epoch 3
+    _train_until_crash(monkeypatch, configs, resumed, epoch=3)
 
     sizes = []
     real_train_pack = engine._train_pack
