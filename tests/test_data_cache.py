@@ -285,6 +285,33 @@ def test_training_heals_a_damaged_cache(tmp_path: Path, monkeypatch, capsys) -> 
     assert "Traceback" not in err and "BadZipFile" not in err
 
 
+def test_a_grid_heals_a_damaged_cache(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``ablation run`` with the real trainer: the damaged file is named once, rebuilt, and every run finishes."""
+    pytest.importorskip("torch")
+    from ablation.cli import main
+
+    write_reference(tmp_path / "ds", {"train": 4, "test": 2}, size=(32, 32))
+    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path / "cache"))
+    load_prepared(str(tmp_path / "ds"), img_size=32, cache_dir=tmp_path / "cache")
+    damaged = _cache_file(tmp_path / "cache")
+    _garbage(damaged)
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(
+        f'datasets = ["{tmp_path / "ds"}"]\nsubsets = ["all", "none"]\nfolds = [0]\nnum_folds = 2\n'
+        "[model]\nimg_size = 32\nbase_channels = 4\n"
+        "[train]\nmax_epochs = 1\nmin_best_epoch = 0\nsave_predictions = 0\n"
+    )
+    capsys.readouterr()
+    argv = ["run", str(spec), "--out", str(tmp_path / "results"), "--workers", "1", "--no-progress"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"warning: prepared-data cache {damaged} is damaged" in err
+    assert "Traceback" not in err and "BadZipFile" not in err
+    assert len(list((tmp_path / "results").glob("*/metrics.json"))) == 2
+    load_prepared(str(tmp_path / "ds"), img_size=32, cache_dir=tmp_path / "cache")
+    assert capsys.readouterr().err == "", "rebuilt on disk: read quietly"
+
+
 def test_tests_cache_and_look_up_data_in_the_sessions_temporary_folder(tmp_path_factory) -> None:
     from ablation.data.cache import default_cache_dir
     from ablation.data.resolve import default_data_root
