@@ -217,3 +217,25 @@ def test_a_source_split_differently_is_refused(tmp_path: Path) -> None:
     config_file.write_text(json.dumps(record))
     with pytest.raises(AblationError, match="was trained on other train images"):
         train_run(dependent, tmp_path / layout.run_name(dependent), progress=False)
+
+
+def test_a_source_from_a_slim_export_is_named_with_what_to_do(tmp_path: Path) -> None:
+    """Slim results carry no checkpoints: a run cannot start from a source unpacked from one, and says why."""
+    import tarfile
+
+    from ablation.export import export_slim
+
+    source, dependent = resolve_sources([_run("unet"), _run("cca", init_from="unet/1111")])
+    train_run(source, tmp_path / "trained" / layout.run_name(source), progress=False)
+    export_slim(tmp_path / "trained", tmp_path / "slim.tar.gz")
+    with tarfile.open(tmp_path / "slim.tar.gz") as archive:
+        archive.extractall(tmp_path / "unpacked", filter="data")
+    assert (tmp_path / "unpacked" / layout.run_name(source) / layout.METRICS_FILE).exists()
+    expected = (
+        f"source run {layout.run_name(source)} is done but has no checkpoint_best.pt here (slim exports carry no "
+        f"checkpoints): train run {layout.run_name(dependent)} where its source was trained, or move the source's "
+        "folder away so that it is trained again"
+    )
+    with pytest.raises(AblationError) as caught:
+        train_run(dependent, tmp_path / "unpacked" / layout.run_name(dependent), progress=False)
+    assert str(caught.value) == expected

@@ -322,6 +322,12 @@ def copy_source_weights(
                 "(its splits file changed since): retrain the source"
             )
     path = folder / BEST_CHECKPOINT
+    if not path.exists():  # e.g. results unpacked from a slim export, which carries no checkpoints
+        raise AblationError(
+            f"source run {folder.name} is done but has no {BEST_CHECKPOINT} here (slim exports carry no "
+            f"checkpoints): train run {run_dir.name} where its source was trained, or move the source's folder "
+            "away so that it is trained again"
+        )
     saved = read_checkpoint(path)
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         raise AblationError(f"checkpoint {path} is not a checkpoint_best.pt of a run (no model weights)")
