@@ -235,6 +235,38 @@ def test_channels_last_pack_keeps_its_layout_through_slicing() -> None:
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
+@pytest.mark.parametrize("connector", ["unet", "uctransnet"])
+def test_resumed_adam_moments_are_laid_out_like_their_parameters(connector: str) -> None:
+    """CUDA's fused Adam refuses moments whose strides differ from their parameter's. A run saved from a pack
+    (the pack's transposed-convolution weights are NCHW) and resumed alone on its own NHWC network, or saved
+    alone and resumed in a pack, gets moments laid out like the parameters it resumes into."""
+    nhwc = DeviceSetup(device=torch.device("cpu"), dtype=None, channels_last=True, name="cpu")
+    configs = [_model_config(connector, skips) for skips in CASES[connector][:2]]
+
+    def nhwc_models(configs: list[ModelConfig]) -> list[torch.nn.Module]:
+        return [
+            model.to(memory_format=torch.channels_last) for model in _seeded_models(configs, torch.float64)
+        ]
+
+    pack = Pack(nhwc_models(configs), configs, setup=nhwc, train=TrainConfig())
+    alone = [Pack(nhwc_models([c]), [c], setup=nhwc, train=TrainConfig()) for c in configs]
+    for trained in (pack, *alone):
+        trained.step(*_batches(1, trained.size, torch.float64)[0])
+    saved = {
+        "pack": [pack.optimizer_state(k, build_model(c)) for k, c in enumerate(configs)],
+        "alone": [single.optimizer_state(0, single.network) for single in alone],
+    }
+    for source, states in saved.items():
+        for size in (1, 2):
+            resumed = Pack(nhwc_models(configs[:size]), configs[:size], setup=nhwc, train=TrainConfig())
+            models = nhwc_models(configs[:size])
+            resumed.load_optimizer_states(states[:size], models, pack.scheduler.state_dict())
+            for name, parameter in resumed.network.named_parameters():
+                state = resumed.optimizer.state[parameter]
+                for key in ("exp_avg", "exp_avg_sq"):
+                    assert state[key].stride() == parameter.stride(), (source, size, name, key)
+
+
 def test_schedule_writes_its_learning_rate_into_the_graphs_tensor() -> None:
     """With CUDA graphs the Adam step reads the learning rate from one device tensor (``Pack.lr_tensor``): each
     epoch's schedule step must write its value there, the same object, also after a resume's state load."""

@@ -217,7 +217,8 @@ def test_per_variant_streams_equal_the_grouped_convolution() -> None:
 
 
 def test_cuda_graph_pack_resumes_without_graphs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pack trained with CUDA graphs (bf16) checkpoints plain values; killed, it resumes in eager mode."""
+    """A pack trained with CUDA graphs (bf16) checkpoints plain values; killed, its runs resume in eager mode,
+    each alone: the fused Adam of a single NHWC network gets the saved moments laid out like its parameters."""
     train = {"cuda_graphs": True, "max_epochs": 3, "test_time_masks": False}
     configs = [dataclasses.replace(_config("unet", **train), seed=seed) for seed in (0, 1)]
     dirs = [tmp_path / str(seed) for seed in (0, 1)]
@@ -236,7 +237,7 @@ def test_cuda_graph_pack_resumes_without_graphs(tmp_path: Path, monkeypatch: pyt
     last = torch.load(dirs[0] / layout.LAST_CHECKPOINT, weights_only=True)
     assert last["epoch"] == 2 and all(isinstance(lr, float) for lr in last["scheduler"]["base_lrs"])
     eager = [dataclasses.replace(c, train=dataclasses.replace(c.train, cuda_graphs=False)) for c in configs]
-    results = train_packed(eager, dirs, device="cuda", progress=False)
+    results = [train_packed([c], [d], device="cuda", progress=False)[0] for c, d in zip(eager, dirs)]
     assert all(
         r["status"] == "done" and r["epochs_run"] == 3 and math.isfinite(r["dice_mean"]) for r in results
     )

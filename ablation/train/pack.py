@@ -114,9 +114,12 @@ class Pack:
         return tensor if self.fused is None else self.fused.restrict(k, name, tensor[k])
 
     def _embed(self, name: str, per_variant: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        """The inverse of :meth:`restrict`: the variants' tensors in the network's layout (zeros elsewhere)."""
-        if self.fused is None:
-            return per_variant[0]  # type: ignore[return-value]
+        """The inverse of :meth:`restrict`: the variants' tensors in the network's layout (zeros elsewhere).
+
+        Always a new tensor with its parameter's strides, also for a pack of one: CUDA's fused Adam refuses
+        moments laid out otherwise, and a saved moment has the strides of the network it was saved from (a
+        pack's transposed-convolution weights are NCHW, a single NHWC network's are not).
+        """
         packed = torch.zeros_like(dict(self.network.named_parameters())[name])
         for k, tensor in enumerate(per_variant):
             if tensor is not None:
