@@ -16,6 +16,7 @@ from ablation.errors import AblationError
 from ablation.models import build_model
 from ablation.models.fused import MASKABLE, FusedUNet
 from ablation.packing import MASKABLE_CONNECTORS
+from ablation.train import pack as pack_module
 from ablation.train.device import DeviceSetup, setup_device
 from ablation.train.losses import segmentation_loss
 from ablation.train.pack import Pack, make_scheduler
@@ -233,6 +234,29 @@ def test_channels_last_pack_keeps_its_layout_through_slicing() -> None:
         assert state["exp_avg"].stride() == parameter.stride() == state["exp_avg_sq"].stride(), name
     weight = channels_last["up2.nConvs.0.conv.weight"].flatten(0, 1)
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+def test_a_new_pack_steps_with_the_graphs_learning_rate_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first CUDA graph is captured with whatever the optimiser's ``lr`` is then, so it must be
+    ``Pack.lr_tensor`` from the start. Before torch 2.10 (pytorch/pytorch PR 163098) the scheduler's constructor
+    replaced a tensor learning rate by a new tensor (``CosineAnnealingWarmRestarts.step`` assigned ``get_lr()``),
+    which the graph would then read, stale after the first epoch; emulated here on CPU."""
+    config = _model_config("unet", "1111")
+
+    def tensor_lr_adam(params, cfg, setup):  # as make_optimizer builds it for CUDA graphs
+        return torch.optim.Adam(params, lr=torch.tensor(cfg.lr, dtype=torch.float64), foreach=False)
+
+    def replacing_scheduler(optimizer, cfg):
+        scheduler = make_scheduler(optimizer, cfg)
+        optimizer.param_groups[0]["lr"] = optimizer.param_groups[0]["lr"].clone()  # what older torch did
+        return scheduler
+
+    monkeypatch.setattr(pack_module, "make_optimizer", tensor_lr_adam)
+    monkeypatch.setattr(pack_module, "make_scheduler", replacing_scheduler)
+    train = TrainConfig()
+    pack = Pack(_seeded_models([config], torch.float64), [config], setup=setup_device("cpu"), train=train)
+    assert pack.lr_tensor is not None and pack.optimizer.param_groups[0]["lr"] is pack.lr_tensor
+    assert pack.lr_tensor.item() == train.lr
 
 
 @pytest.mark.parametrize("connector", ["unet", "uctransnet"])

@@ -100,6 +100,8 @@ def _steps(
     """Parameters and BatchNorm statistics of a pack after ``epochs`` x ``steps`` identical fp32 steps on CUDA,
     the schedule stepped after each epoch as the engine does."""
     pack = _pack(train, configs)
+    if train.cuda_graphs:  # the first capture reads the learning rate from where the optimiser has it now
+        assert pack.optimizer.param_groups[0]["lr"] is pack.lr_tensor
     batches = _batches(steps * epochs, len(configs), train.batch_size)
     with determinism(True):
         for epoch in range(epochs):

@@ -100,6 +100,9 @@ class Pack:
         # With CUDA graphs: the device tensor the captured Adam step reads the learning rate from.
         self.lr_tensor: torch.Tensor | None = lr if isinstance(lr, torch.Tensor) else None
         self.scheduler = make_scheduler(self.optimizer, train)
+        # The scheduler's constructor takes its first step, which before torch 2.10 put a new tensor where the
+        # first captured graph would read the learning rate: put lr_tensor back (see step_schedule).
+        self._set_lr(float(self.scheduler.get_last_lr()[0]))
         self._graphs: dict[tuple[int, ...], tuple[Any, ...]] = {}
 
     @property
@@ -175,7 +178,7 @@ class Pack:
         """Advance the per-epoch schedule and put its learning rate where the next steps read it.
 
         A captured CUDA graph reads :attr:`lr_tensor`, and whether ``scheduler.step()`` fills that tensor in place
-        or replaces it with a float depends on the torch version, so the new value is written into it here.
+        or replaces it with another object depends on the torch version, so the new value is written into it here.
         """
         self.scheduler.step()
         self._set_lr(float(self.scheduler.get_last_lr()[0]))
