@@ -332,3 +332,19 @@ def test_schedule_writes_its_learning_rate_into_the_graphs_tensor() -> None:
     graphed.step_schedule()
     packs[0].step_schedule()
     assert lr_tensor.item() == pytest.approx(packs[0].lr, rel=1e-12)
+
+
+def test_cca_gates_keep_the_skips_precision_under_autocast() -> None:
+    """Under bf16 autocast a gated skip stays bf16 (its fp32 scale is cast), so the concatenation after it is too."""
+    from ablation.models.blocks import ChannelCrossAttentionGate
+    from ablation.models.fused import FusedChannelGate
+
+    configs = [_model_config("cca", "1111"), _model_config("cca", "0110")]
+    outputs: list[torch.dtype] = []
+    for network, width in ((build_model(configs[0]), 3), (FusedUNet(configs), 6)):
+        for module in network.modules():
+            if isinstance(module, (ChannelCrossAttentionGate, FusedChannelGate)):
+                module.register_forward_hook(lambda module, args, out: outputs.append(out.dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            network(torch.rand(2, width, 32, 32))
+    assert outputs == [torch.bfloat16] * 8

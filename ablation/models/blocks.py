@@ -61,7 +61,7 @@ class ChannelCrossAttentionGate(nn.Module):
         """Args: decoder ``(B, C_dec, H, W)``, skip ``(B, C_skip, H, W)``. Returns the gated skip."""
         skip_logits = self.mlp_x(skip.mean(dim=(2, 3), keepdim=True))  # (B, C_skip, 1, 1) -> (B, C_skip)
         decoder_logits = self.mlp_g(decoder.mean(dim=(2, 3), keepdim=True))  # (B, C_dec, 1, 1) -> (B, C_skip)
-        scale = torch.sigmoid((skip_logits + decoder_logits) / 2.0)
+        scale = torch.sigmoid((skip_logits + decoder_logits) / 2.0).to(skip.dtype)  # bf16 under autocast
         return torch.relu(skip * scale[:, :, None, None])
 
 

@@ -95,7 +95,7 @@ class FusedChannelGate(nn.Module):
         """Args: decoder ``(B, K*C_dec, H, W)``, skip ``(B, K*C_skip, H, W)``. Returns the gated skip."""
         skip_logits = self.mlp_x(skip.mean(dim=(2, 3)))  # (B, K*C_skip) -> (B, K, C_skip)
         decoder_logits = self.mlp_g(decoder.mean(dim=(2, 3)))  # (B, K*C_dec) -> (B, K, C_skip)
-        scale = torch.sigmoid((skip_logits + decoder_logits) / 2.0).flatten(1)  # (B, K*C_skip)
+        scale = torch.sigmoid((skip_logits + decoder_logits) / 2.0).flatten(1).to(skip.dtype)  # (B, K*C_skip)
         return torch.relu(skip * scale[:, :, None, None])
 
 
