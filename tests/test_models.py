@@ -211,7 +211,7 @@ def test_all_skips_off_builds_no_transformer() -> None:
 
 @pytest.mark.parametrize("connector", ["unet", "uctransnet"])
 def test_functional_call_and_vmap_over_stacked_variants(connector: str) -> None:
-    """Packed training stacks variants' parameters and vmaps functional_call; the models must allow it."""
+    """The models work under torch.func.functional_call and torch.vmap over stacked variants (docs/models.md)."""
     models = [tiny_model(connector, seed=seed).eval() for seed in range(2)]
     params, buffers = torch.func.stack_module_state(models)
     skeleton = copy.deepcopy(models[0]).to("meta")
