@@ -31,11 +31,6 @@ LAYOUT_FILE = Path(__file__).resolve().parents[1] / "ablation" / "models" / "ref
 TINY_TRAIN = {"max_epochs": 1, "min_best_epoch": 0, "save_predictions": 0}
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def _reference_matches() -> set[str]:
     """The reference U-Net's state-dict entries that the reference UCTransNet has with the same shape."""
     layout = json.loads(LAYOUT_FILE.read_text())

@@ -74,11 +74,6 @@ def test_split(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pr
     return folder / "img", folder / "labelcol", split
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def _mask(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path))
 

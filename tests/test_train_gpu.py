@@ -26,11 +26,6 @@ from ablation.train.pack import Pack
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def _config(connector: str, **train: object) -> RunConfig:
     options = {"max_epochs": 4, "min_best_epoch": 0, "checkpoint_every": 2, "test_time_masks": True, **train}
     return RunConfig(

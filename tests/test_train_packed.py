@@ -26,11 +26,6 @@ from ablation.train.pack import Pack
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def _run_config(seed: int, skips: str, connector: str = "unet", **train: object) -> RunConfig:
     options = {"max_epochs": 3, "min_best_epoch": 0, "checkpoint_every": 2, "save_predictions": 4, **train}
     return RunConfig(

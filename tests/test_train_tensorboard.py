@@ -22,11 +22,6 @@ from ablation.train.tensorboard_log import SCALAR_TAGS, preview_grid
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def tiny_config(seed: int = 0, skips: str = "1111", **train: object) -> RunConfig:
     options = {"max_epochs": 3, "min_best_epoch": 0, "checkpoint_every": 2, "save_predictions": 0, **train}
     return RunConfig(
