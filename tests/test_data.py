@@ -62,6 +62,11 @@ def run_cli(
     return code, captured.out, captured.err
 
 
+def info_argv(root: Path, cache: Path, img_size: int = 16) -> list[str]:
+    """``ablation data info`` of the dataset folder ``root`` at ``img_size``, cached in ``cache``."""
+    return ["data", "info", "--root", str(root), "--img-size", str(img_size), "--cache-dir", str(cache)]
+
+
 # --- architecture -----------------------------------------------------------------------------------------------
 
 
@@ -389,7 +394,7 @@ def test_cache_folder_that_is_a_file_is_refused_up_front(tmp_path: Path, monkeyp
     ):
         load_prepared("synthetic-nuclei", img_size=16, cache_dir=blocker / "sub")
     for cache in (blocker, blocker / "sub"):
-        argv = ["data", "info", "--root", str(tmp_path / "ds"), "--img-size", "16", "--cache-dir", str(cache)]
+        argv = info_argv(tmp_path / "ds", cache)
         code, out, err = run_cli(monkeypatch, capsys, argv)
         assert code == 2 and out == "" and err.startswith("error: cache folder") and err.count("\n") == 1
     root_file = tmp_path / "root.txt"
@@ -564,16 +569,7 @@ def test_info_summarises_a_dataset(tmp_path: Path, monkeypatch, capsys) -> None:
     assert info["label_kind"] == "instance"
     assert info["splits"]["train"]["images"] == 3 and info["splits"]["train"]["sizes"] == {"20x16": 3}
     assert info["splits"]["train"]["instances"] == 6
-    argv = [
-        "data",
-        "info",
-        "--root",
-        str(tmp_path / "ds"),
-        "--img-size",
-        "16",
-        "--cache-dir",
-        str(tmp_path / "c"),
-    ]
+    argv = info_argv(tmp_path / "ds", tmp_path / "c")
     code, out, _ = run_cli(monkeypatch, capsys, argv)
     assert code == 0 and "labels: instance" in out
     assert any(line.split()[:2] == ["train", "3"] for line in out.splitlines())
@@ -605,16 +601,7 @@ def test_instance_maps_may_hold_one_object_or_be_16_bit_or_empty(tmp_path: Path,
     # The cached copy keeps the list of empty masks; info reports them.
     cached = load_prepared(str(tmp_path / "ds"), img_size=16, cache_dir=tmp_path / "cache")
     assert cached.empty_masks == prepared.empty_masks
-    argv = [
-        "data",
-        "info",
-        "--root",
-        str(tmp_path / "ds"),
-        "--img-size",
-        "16",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
+    argv = info_argv(tmp_path / "ds", tmp_path / "cache")
     code, out, _ = run_cli(monkeypatch, capsys, argv)
     assert code == 0 and "train: 1 image(s) with an all-zero mask: train3" in out
     train_row = next(line.split() for line in out.splitlines() if line.startswith("train "))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data import run_cli, write_reference
+from test_data import info_argv, run_cli, write_reference
 
 from ablation.data import cache as prepared_cache
 from ablation.data import load_prepared, readers, run_splits
@@ -153,16 +153,7 @@ def test_a_damaged_cache_file_is_named_and_rebuilt(
 
 def test_the_cli_heals_a_damaged_cache(tmp_path: Path, monkeypatch, capsys) -> None:
     write_reference(tmp_path / "ds", {"train": 3, "test": 2})
-    argv = [
-        "data",
-        "info",
-        "--root",
-        str(tmp_path / "ds"),
-        "--img-size",
-        "16",
-        "--cache-dir",
-        str(tmp_path / "c"),
-    ]
+    argv = info_argv(tmp_path / "ds", tmp_path / "c")
     code, healthy, _ = run_cli(monkeypatch, capsys, argv)
     assert code == 0
     for damage in (_truncated, _zero_length, _garbage, _masks_of_the_wrong_shape):
@@ -214,16 +205,7 @@ def test_an_unwritable_cache_folder_prepares_in_memory(tmp_path: Path, monkeypat
     # Decision: the prepared data is only a cache, so a folder that cannot take it costs a warning, not the run.
     write_reference(tmp_path / "ds", {"train": 3, "test": 2})
     monkeypatch.setattr(prepared_cache, "atomic_write_bytes", _no_write)
-    argv = [
-        "data",
-        "info",
-        "--root",
-        str(tmp_path / "ds"),
-        "--img-size",
-        "16",
-        "--cache-dir",
-        str(tmp_path / "c"),
-    ]
+    argv = info_argv(tmp_path / "ds", tmp_path / "c")
     code, out, err = run_cli(monkeypatch, capsys, argv)
     assert code == 0 and "train       3" in out
     assert err.startswith("warning: cannot write the prepared-data cache") and "Permission denied" in err
